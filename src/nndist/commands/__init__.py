@@ -1,0 +1,1 @@
+"""Sub-commands of the ``nndist`` CLI, one module each (``add_parser`` and ``run``)."""

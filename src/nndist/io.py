@@ -1,0 +1,67 @@
+"""Atomic file output: nothing already written is lost or half-written.
+
+Every file nndist writes goes through :func:`atomic_path`: the content is written to a
+temporary file beside the target (``.<name>.tmp-<random>``) and renamed over it only when
+complete, so a run killed at any moment leaves either the old file or the new one.
+Leftover temporary files are ignored by readers and removed by :func:`clean_temporaries`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+TMP_MARK = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary path to write; on success it is renamed to ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Writes ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Writes ``obj`` as indented JSON to ``path`` atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_parquet(path: str | os.PathLike[str], df: Any) -> None:
+    """Writes a pandas DataFrame to Parquet atomically."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def clean_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Removes temporary files left by an interrupted write under ``directory``."""
+    removed = []
+    for p in Path(directory).rglob(f"*{TMP_MARK}*"):
+        if p.is_file() and p.name.startswith("."):
+            p.unlink()
+            removed.append(p)
+    return removed
