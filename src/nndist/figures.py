@@ -1,0 +1,235 @@
+"""The paper's figures, redrawn from a run directory's tables (PNG and SVG).
+
+- Figure 1: training loss per init (mean over seeds with a min-max band).
+- Figure 2: weight and bias distributions before vs after training, per layer and init.
+- Figure 3: feature distributions per layer and input type, before vs after training.
+- Evolution (with ``--every-epoch``): std and Gaussianity of weights and features per epoch.
+
+Histograms are stored on the summaries' fixed log-spaced bucket edges (exact, mergeable); for
+display they are re-binned onto a common linear grid per panel so before and after share axes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path
+
+BEFORE_COLOR = "#1f77b4"
+AFTER_COLOR = "#d62728"
+INPUT_COLORS = {"train": "#1f77b4", "valid": "#2ca02c", "random": "#7f7f7f"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, stem: Path) -> list[Path]:
+    """Saves ``fig`` as ``stem.png`` and ``stem.svg`` atomically; returns the paths."""
+    paths = []
+    for ext in ("png", "svg"):
+        path = stem.with_suffix(f".{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=110, bbox_inches="tight")
+        paths.append(path)
+    _plt().close(fig)
+    return paths
+
+
+def rebin(hist: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
+    """Density of a stored histogram on a linear ``grid`` (edges); bucket mass goes to its centre."""
+    if hist.empty:
+        return np.zeros(len(grid) - 1)
+    centre = 0.5 * (hist["left"].to_numpy() + hist["right"].to_numpy())
+    counts = hist["count"].to_numpy(dtype=np.float64)
+    idx = np.clip(np.searchsorted(grid, centre, side="right") - 1, 0, len(grid) - 2)
+    mass = np.bincount(idx, weights=counts, minlength=len(grid) - 1)
+    total = counts.sum()
+    width = np.diff(grid)
+    return mass / (total * width) if total > 0 else mass
+
+
+def _grid(rows: pd.DataFrame, bins: int = 80) -> np.ndarray:
+    lo = np.nanmin(rows["q01"].to_numpy())
+    hi = np.nanmax(rows["q99"].to_numpy())
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        lo, hi = -1.0, 1.0
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.15 * (hi - lo)
+    return np.linspace(lo - pad, hi + pad, bins + 1)
+
+
+def _panel(ax, hist: pd.DataFrame, stats: pd.DataFrame, key: dict, colors: dict, label_fmt: str) -> None:
+    """One panel: densities of several (stage or input) series on a shared linear grid."""
+    sel = stats
+    for col, value in key.items():
+        sel = sel[sel[col] == value]
+    if sel.empty:
+        ax.set_axis_off()
+        return
+    grid = _grid(sel)
+    centres = 0.5 * (grid[1:] + grid[:-1])
+    texts = []
+    for series, color in colors.items():
+        col, value = series
+        srow = sel[sel[col] == value]
+        if srow.empty:
+            continue
+        h = hist
+        for c, v in key.items():
+            h = h[h[c] == v]
+        h = h[h[col] == value]
+        dens = rebin(h, grid)
+        ax.fill_between(centres, dens, step="mid", alpha=0.35, color=color, linewidth=0)
+        ax.step(centres, dens, where="mid", color=color, linewidth=0.8, label=label_fmt.format(value))
+        texts.append((color, f"σ={float(srow['std'].iloc[0]):.3g}"))
+    for i, (color, text) in enumerate(texts):
+        ax.text(0.98, 0.95 - 0.11 * i, text, transform=ax.transAxes, ha="right", va="top", fontsize=6, color=color)
+    ax.tick_params(labelsize=6)
+    ax.set_yticks([])
+
+
+def figure_loss(run_dir: Path) -> list[Path]:
+    """Figure 1: training loss per init (per-epoch mean, with per-step curve smoothed)."""
+    plt = _plt()
+    loss = pd.read_parquet(run_dir / "loss.parquet")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if not loss.empty:
+        steps_per_epoch = loss.groupby(["init", "seed", "epoch"]).size().max()
+        for init, g in loss.groupby("init", sort=False):
+            curves = []
+            for _, gs in g.groupby("seed"):
+                s = gs.sort_values("step")["loss"].to_numpy()
+                window = max(1, int(steps_per_epoch) // 10)
+                smooth = pd.Series(s).rolling(window, min_periods=1).mean().to_numpy()
+                curves.append(smooth)
+            n = min(len(c) for c in curves)
+            stack = np.vstack([c[:n] for c in curves])
+            x = np.arange(n) / steps_per_epoch
+            mean = np.nanmean(stack, axis=0)
+            (line,) = ax.plot(x, mean, label=init, linewidth=1.2)
+            if stack.shape[0] > 1:
+                ax.fill_between(x, np.nanmin(stack, 0), np.nanmax(stack, 0), color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.axhline(math.log(10), color="k", linestyle=":", linewidth=0.8, label="ln 10")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (cross-entropy)")
+    ax.set_title("Figure 1: training loss per initialisation")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, run_dir / "figures" / "fig1_loss")
+
+
+def figure_weights(run_dir: Path) -> list[Path]:
+    """Figure 2: weight and bias distributions before vs after training (std annotated)."""
+    plt = _plt()
+    stats = pd.read_parquet(run_dir / "weights.parquet")
+    hist = pd.read_parquet(run_dir / "histograms.parquet")
+    hist = hist[hist["table"] == "weights"]
+    stats = stats[stats["seed"] == stats["seed"].min()]
+    hist = hist[hist["seed"] == stats["seed"].min()]
+    inits = list(dict.fromkeys(stats["init"]))
+    cols = list(dict.fromkeys(zip(stats["layer"], stats["param"])))
+    fig, axes = plt.subplots(len(inits), len(cols), figsize=(1.9 * len(cols), 1.35 * len(inits) + 0.6), squeeze=False)
+    colors = {("stage", "before"): BEFORE_COLOR, ("stage", "after"): AFTER_COLOR}
+    for i, init in enumerate(inits):
+        for j, (layer, param) in enumerate(cols):
+            ax = axes[i, j]
+            _panel(ax, hist, stats, {"init": init, "layer": layer, "param": param}, colors, "{}")
+            if i == 0:
+                ax.set_title(f"{layer}.{param}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(init, fontsize=7)
+    handles = [plt.Line2D([], [], color=BEFORE_COLOR, label="before"), plt.Line2D([], [], color=AFTER_COLOR, label="after")]
+    fig.legend(handles=handles, loc="upper right", fontsize=8)
+    fig.suptitle("Figure 2: weight and bias distributions before vs after training", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, run_dir / "figures" / "fig2_weights")
+
+
+def figure_features(run_dir: Path) -> list[Path]:
+    """Figure 3: feature distributions per layer and input type, before vs after training."""
+    plt = _plt()
+    stats = pd.read_parquet(run_dir / "features.parquet")
+    hist = pd.read_parquet(run_dir / "histograms.parquet")
+    seed0 = stats["seed"].min()
+    stats = stats[stats["seed"] == seed0]
+    hist = hist[(hist["table"] == "features") & (hist["seed"] == seed0)]
+    inits = list(dict.fromkeys(stats["init"]))
+    layers = list(dict.fromkeys(stats["layer"]))
+    inputs = [i for i in ("train", "valid", "random") if i in set(stats["input"])]
+    cols = [(layer, inp) for layer in layers for inp in inputs]
+    fig, axes = plt.subplots(len(inits), len(cols), figsize=(1.55 * len(cols), 1.3 * len(inits) + 0.6), squeeze=False)
+    colors = {("stage", "before"): BEFORE_COLOR, ("stage", "after"): AFTER_COLOR}
+    for i, init in enumerate(inits):
+        for j, (layer, inp) in enumerate(cols):
+            ax = axes[i, j]
+            _panel(ax, hist, stats, {"init": init, "layer": layer, "input": inp}, colors, "{}")
+            if i == 0:
+                ax.set_title(f"{layer} / {inp}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(init, fontsize=7)
+    handles = [plt.Line2D([], [], color=BEFORE_COLOR, label="before"), plt.Line2D([], [], color=AFTER_COLOR, label="after")]
+    fig.legend(handles=handles, loc="upper right", fontsize=8)
+    fig.suptitle("Figure 3: feature distributions (layer outputs) before vs after training", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, run_dir / "figures" / "fig3_features")
+
+
+def _stage_epoch(stage: str, last: int) -> int:
+    if stage == "before":
+        return 0
+    if stage == "after":
+        return last
+    return int(stage.split("_")[1])
+
+
+def figure_evolution(run_dir: Path) -> list[Path]:
+    """Std and KS-to-normal of each layer's weights and train features per epoch, per init."""
+    plt = _plt()
+    w = pd.read_parquet(run_dir / "weights.parquet")
+    f = pd.read_parquet(run_dir / "features.parquet")
+    if not w["stage"].str.startswith("epoch_").any():
+        return []
+    last = int(pd.read_parquet(run_dir / "loss.parquet")["epoch"].max())
+    w = w[w["param"] == "weight"].assign(epoch=lambda d: d["stage"].map(lambda s: _stage_epoch(s, last)))
+    f = f[f["input"] == "train"].assign(epoch=lambda d: d["stage"].map(lambda s: _stage_epoch(s, last)))
+    layers = list(dict.fromkeys(w["layer"]))
+    rows = [("weight std", w, "std"), ("weight KS to normal", w, "ks_normal"), ("feature std (train)", f, "std"), ("feature KS to normal", f, "ks_normal")]
+    fig, axes = plt.subplots(len(rows), len(layers), figsize=(2.8 * len(layers), 2.1 * len(rows)), squeeze=False)
+    for i, (title, df, col) in enumerate(rows):
+        for j, layer in enumerate(layers):
+            ax = axes[i, j]
+            d = df[df["layer"] == layer]
+            for init, g in d.groupby("init", sort=False):
+                g = g.groupby("epoch")[col].mean()
+                ax.plot(g.index, g.values, marker=".", linewidth=1, label=init)
+            ax.set_title(f"{layer}: {title}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    fig.suptitle("Evolution of weight and feature distributions over training", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, run_dir / "figures" / "evolution")
+
+
+def write_figures(run_dir: str | Path) -> list[Path]:
+    """Draws every figure a reproduce run directory supports; returns the written paths."""
+    run_dir = Path(run_dir)
+    paths: list[Path] = []
+    paths += figure_loss(run_dir)
+    paths += figure_weights(run_dir)
+    paths += figure_features(run_dir)
+    paths += figure_evolution(run_dir)
+    return paths

@@ -1,0 +1,71 @@
+"""Figures of a ``gradients`` run: the paper's Figure 4 and channel-to-channel heatmaps.
+
+Figure 4 draws, for the first 15 channels of a layer, box plots of Emission and Absorption
+built from the streamed summaries' quantiles (box: q25-q75, line: median, whiskers: q05-q95),
+so it needs no per-sample values in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .figures import _plt, save_figure
+
+FIRST_CHANNELS = 15
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_") or "model"
+
+
+def figure4(stats: pd.DataFrame, layer: str, out_dir: Path) -> list[Path]:
+    """Box plots of Em and Ab for the first 15 channels of ``layer``."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), squeeze=False)
+    for ax, stat, color in zip(axes[0], ("absorption", "emission"), ("#1f77b4", "#d62728")):
+        d = stats[(stats["layer"] == layer) & (stats["stat"] == stat)].sort_values("channel").head(FIRST_CHANNELS)
+        boxes = [
+            {"label": str(int(r.channel)), "med": r.q50, "q1": r.q25, "q3": r.q75, "whislo": r.q05, "whishi": r.q95, "fliers": []}
+            for r in d.itertuples()
+        ]
+        if boxes:
+            ax.bxp(boxes, showfliers=False, patch_artist=True, boxprops={"facecolor": color, "alpha": 0.45}, medianprops={"color": "k"})
+        ax.set_title(f"{layer}: {stat.capitalize()} (n={int(d['n'].max()) if len(d) else 0})", fontsize=9)
+        ax.set_xlabel("channel", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Figure 4: distribution of Absorption and Emission of the first 15 channels", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_dir / f"fig4_{_safe(layer)}")
+
+
+def heatmap(matrix: np.ndarray, layer: str, out_dir: Path) -> list[Path]:
+    """Heatmap of the mean ||LG^{c1->c2}|| (C_out x C_in) of ``layer``."""
+    plt = _plt()
+    h, w = matrix.shape
+    fig, ax = plt.subplots(figsize=(min(2 + 0.09 * w, 12), min(1.5 + 0.09 * h, 12)))
+    im = ax.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("input channel c2 (absorbing)", fontsize=8)
+    ax.set_ylabel("output channel c1 (emitting)", fontsize=8)
+    ax.set_title(f"{layer}: mean ||LG c1→c2||", fontsize=9)
+    ax.tick_params(labelsize=7)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return save_figure(fig, out_dir / f"heatmap_{_safe(layer)}")
+
+
+def write_gradient_figures(run_dir: str | Path) -> list[Path]:
+    """Draws Figure 4 and the heatmap of every layer of a gradients run directory."""
+    run_dir = Path(run_dir)
+    stats = pd.read_parquet(run_dir / "gradients.parquet")
+    out_dir = run_dir / "figures"
+    paths: list[Path] = []
+    with np.load(run_dir / "channel_norms.npz") as norms:
+        for layer in dict.fromkeys(stats["layer"]):
+            paths += figure4(stats, layer, out_dir)
+            if layer in norms.files:
+                paths += heatmap(norms[layer], layer, out_dir)
+    return paths

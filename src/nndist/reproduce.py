@@ -1,0 +1,707 @@
+"""The initialisation study of the paper (sections 2.1 and 3), end to end.
+
+``run_reproduce(config, out_dir)`` trains the paper's CNN (or any registered model without
+BatchNorm) from several initialisation schemes on the same sequence of batches, measures the
+distributions of the studied layers' weights, biases and features before and after training
+(and at every epoch with ``every_epoch``), and writes a run directory (see docs/CONTRACTS.md):
+tables as Parquet, checkpoints as safetensors, figures as PNG and SVG, TensorBoard events,
+the paper's claims and an HTML report.
+
+Feature summaries are streamed over the whole selected split, batch by batch, into mergeable
+:class:`~nndist.stats.Summary` objects; no feature tensor is kept. Training state is saved at
+every epoch end (and every ``checkpoint_every`` steps), so a killed run continues with
+``resume=True`` and ends with the same results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import NndistError
+from .io import atomic_path, clean_temporaries, write_json, write_parquet
+from .stats import Summary, ks_distance, wasserstein
+from .training import StackedRuns, evaluate_runs
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # About 10K train / 2K valid images, 3 epochs, all seven inits: minutes on a laptop CPU.
+    "quick": {"epochs": 3, "train_samples": 10000, "valid_samples": 2000},
+    # The paper's setting: all of CIFAR-10, 50 epochs.
+    "paper": {"epochs": 50, "train_samples": "all", "valid_samples": "all"},
+}
+
+INPUT_TYPES = ("train", "valid", "random")
+STATE_FILE = "state/train.pt"
+
+
+@dataclass
+class ReproduceConfig:
+    """Resolved configuration of a ``reproduce`` run (saved in the manifest and checkpoints).
+
+    Attributes:
+        profile: ``quick`` or ``paper``; supplies defaults for epochs and subset sizes.
+        data: ``cifar10``, ``shapes`` or a path to an image folder with train/ and test/.
+        model: a registered model name (default the paper's CNN).
+        inits: initialisation schemes (registry names).
+        layers: module names whose distributions are studied.
+        epochs: training epochs.
+        train_samples: training images (int or ``"all"``), a class-stratified subset.
+        valid_samples: held-out images (int or ``"all"``); the random input uses as many.
+        batch_size: Adam batch size (paper: 64).
+        lr: Adam learning rate (paper: 1e-4).
+        weight_decay: Adam weight decay (paper: 0).
+        seed: data-order and subset seed; every init sees the same batches.
+        seeds: number of initialisation seeds per scheme.
+        init_seed: first initialisation seed (run s of a scheme uses init_seed + s).
+        gain: gain for the init schemes (None: ReLU gain for Kaiming, 1 for Xavier/orthogonal).
+        bias_init: override of the bias initialisation (``default``, ``zeros``, ``ones`` or a number).
+        every_epoch: also measure distributions after every epoch.
+        mean: per-channel normalisation mean (None: the model's default).
+        std: per-channel normalisation std (None: the model's default).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        eval_batch_size: batch size of measurement passes.
+        checkpoint_every: also save training state every K steps (None: at epoch ends only).
+        skip_bad_images: skip unreadable images instead of failing (they are listed).
+    """
+
+    profile: str = "quick"
+    data: str = "cifar10"
+    model: str = "paper_cnn"
+    inits: tuple[str, ...] = ("orthogonal", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "ones", "zeros")
+    layers: tuple[str, ...] = ("conv1", "conv2", "conv3", "fc1")
+    epochs: int | None = None
+    train_samples: int | str | None = None
+    valid_samples: int | str | None = None
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    seeds: int = 1
+    init_seed: int = 1
+    gain: float | None = None
+    bias_init: str | None = None
+    every_epoch: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    device: str = "auto"
+    eval_batch_size: int = 1000
+    checkpoint_every: int | None = None
+    skip_bad_images: bool = False
+
+    def resolve(self) -> "ReproduceConfig":
+        """Fills profile defaults and validates values; returns a new config."""
+        if self.profile not in PROFILES:
+            raise NndistError(f"unknown profile {self.profile!r}; valid profiles: {', '.join(PROFILES)}")
+        values = dataclasses.asdict(self)
+        for key, default in PROFILES[self.profile].items():
+            if values[key] is None:
+                values[key] = default
+        cfg = ReproduceConfig(**values)
+        cfg.inits = tuple(cfg.inits)
+        cfg.layers = tuple(cfg.layers)
+        for name, value in (("epochs", cfg.epochs), ("batch-size", cfg.batch_size), ("seeds", cfg.seeds)):
+            if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
+                raise NndistError(f"--{name} must be a positive integer, got {value!r}")
+        for name in ("train_samples", "valid_samples"):
+            value = getattr(cfg, name)
+            if value != "all" and (not isinstance(value, int) or value < 1):
+                raise NndistError(f"--{name.replace('_', '-')} must be a positive integer or 'all', got {value!r}")
+        if not cfg.inits:
+            raise NndistError("--inits is empty; give at least one init scheme")
+        if len(set(cfg.inits)) != len(cfg.inits):
+            raise NndistError(f"--inits lists a scheme twice: {','.join(cfg.inits)}")
+        if cfg.lr <= 0:
+            raise NndistError(f"--lr must be positive, got {cfg.lr}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["inits"] = list(self.inits)
+        d["layers"] = list(self.layers)
+        return d
+
+
+@dataclass
+class RunKey:
+    """One training run: an init scheme and a seed index."""
+
+    init: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return self.init if self.seed == 0 else f"{self.init}-seed{self.seed}"
+
+
+def parse_samples(value: str) -> int | str:
+    """Parses ``--train-samples``/``--valid-samples``: a positive integer or ``all``."""
+    if value == "all":
+        return "all"
+    try:
+        n = int(value)
+    except ValueError:
+        raise NndistError(f"sample count {value!r} is not an integer or 'all'") from None
+    if n < 1:
+        raise NndistError(f"sample count must be at least 1, got {n}")
+    return n
+
+
+def _versions() -> dict[str, str]:
+    import matplotlib
+    import scipy
+    import torchvision
+
+    return {
+        "nndist": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pandas": pd.__version__,
+        "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NndistError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def prepare_output_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """Checks that ``out`` may be written: new, empty, or allowed by ``overwrite``/``resume``."""
+    if out.exists() and not out.is_dir():
+        raise NndistError(f"output path {out} exists and is not a directory; choose another --out")
+    if resume:
+        if not (out / "manifest.json").is_file():
+            raise NndistError(f"--resume {out}: no manifest.json there, so it is not a run directory to resume")
+        clean_temporaries(out)
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise NndistError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue it")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".nndist-write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise NndistError(f"output directory {out} is not writable ({exc.strerror}); choose another --out") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+
+
+def _summary_rows(summary: Summary, base: dict[str, Any]) -> dict[str, Any]:
+    row = dict(base)
+    row.update(summary.rows()[0])
+    return row
+
+
+def _hist_rows(summary: Summary, base: dict[str, Any]) -> list[dict[str, Any]]:
+    edges, counts = summary.histogram()
+    edges = np.asarray(edges, dtype=np.float64)
+    counts = np.asarray(counts)
+    keep = np.nonzero(counts)[0]
+    return [dict(base, left=float(edges[i]), right=float(edges[i + 1]), count=int(counts[i])) for i in keep]
+
+
+def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    """Raises a clear error if a studied layer name is not a module of ``model``."""
+    names = dict(model.named_modules())
+    missing = [name for name in layers if name not in names or name == ""]
+    if missing:
+        valid = ", ".join(n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False)))
+        raise NndistError(f"unknown layer name(s) {', '.join(missing)}; layers with parameters in this model: {valid}")
+
+
+def weight_summaries(model: nn.Module, layers: Sequence[str]) -> dict[tuple[str, str], Summary]:
+    """Summaries of each studied layer's weight and bias: {(layer, param): Summary}."""
+    modules = dict(model.named_modules())
+    out = {}
+    for layer in layers:
+        for pname, p in modules[layer].named_parameters(recurse=False):
+            out[(layer, pname)] = Summary().update(p.detach())
+    return out
+
+
+@torch.no_grad()
+def feature_summaries(
+    model: nn.Module,
+    layers: Sequence[str],
+    inputs: dict[str, torch.Tensor],
+    *,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> dict[tuple[str, str], Summary]:
+    """Streams each input set through ``model`` and summarises each layer's output.
+
+    Args:
+        model: the network (put in eval mode here).
+        layers: module names whose outputs are summarised.
+        inputs: input type -> (N, *input_shape) tensor.
+        batch_size: images per forward pass.
+        progress: called with the number of images after each batch.
+
+    Returns:
+        {(layer, input_type): Summary}; no feature tensor outlives its batch.
+    """
+    modules = dict(model.named_modules())
+    model.eval()
+    out: dict[tuple[str, str], Summary] = {}
+    current: dict[str, str] = {}
+
+    def make_hook(layer: str):
+        def hook(_module: nn.Module, _inp: Any, output: torch.Tensor) -> None:
+            key = (layer, current["input"])
+            if key not in out:
+                out[key] = Summary()
+            out[key].update(output.detach())
+
+        return hook
+
+    handles = []
+    try:
+        for layer in layers:
+            handles.append(modules[layer].register_forward_hook(make_hook(layer)))
+        for input_type, x in inputs.items():
+            current["input"] = input_type
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size]
+                model(xb)
+                if progress is not None:
+                    progress(xb.shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# State (for --resume)
+
+
+def _to_saveable(obj: Any) -> Any:
+    """numpy -> torch so the state loads with ``torch.load(weights_only=True)``."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _to_saveable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_saveable(v) for v in obj]
+    return obj
+
+
+def _from_saved(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {k: _from_saved(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_saved(v) for v in obj]
+    return obj
+
+
+@dataclass
+class _Tables:
+    loss: list[dict[str, Any]] = field(default_factory=list)
+    accuracy: list[dict[str, Any]] = field(default_factory=list)
+    weights: list[dict[str, Any]] = field(default_factory=list)
+    features: list[dict[str, Any]] = field(default_factory=list)
+    histograms: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# The study
+
+
+class Study:
+    """One ``reproduce`` run; :meth:`run` does everything. See :func:`run_reproduce`."""
+
+    def __init__(self, config: ReproduceConfig, out_dir: str | Path, *, progress: bool = True) -> None:
+        self.cfg = config.resolve()
+        self.out = Path(out_dir)
+        self.progress = progress
+        self.device = _device(self.cfg.device)
+        self.keys = [RunKey(init, s) for init in self.cfg.inits for s in range(self.cfg.seeds)]
+        self.tables = _Tables()
+        self.before: dict[tuple, Summary] = {}
+        self.status: dict[str, dict[str, Any]] = {
+            k.name: {"init": k.init, "seed": k.seed, "status": "pending", "diverged_at_step": None, "seconds": 0.0}
+            for k in self.keys
+        }
+        self.timings: dict[str, float] = {}
+
+    # ---- set-up -------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        from .data import load_split, random_inputs, stratified_subset
+        from .models import get_model_spec
+
+        cfg = self.cfg
+        spec = get_model_spec(cfg.model)
+        mean = cfg.mean if cfg.mean is not None else spec.mean
+        std = cfg.std if cfg.std is not None else spec.std
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        t0 = time.perf_counter()
+        train = load_split(cfg.data, "train", skip_bad_images=cfg.skip_bad_images, progress=self.progress)
+        valid = load_split(cfg.data, "test", skip_bad_images=cfg.skip_bad_images, progress=self.progress)
+        self.train_idx = stratified_subset(train.labels, cfg.train_samples, seed=cfg.seed)
+        self.valid_idx = stratified_subset(valid.labels, cfg.valid_samples, seed=cfg.seed)
+        self.x_train = train.normalized(self.mean, self.std, indices=self.train_idx, device=self.device)
+        self.y_train = train.labels[self.train_idx].to(self.device)
+        self.x_valid = valid.normalized(self.mean, self.std, indices=self.valid_idx, device=self.device)
+        self.y_valid = valid.labels[self.valid_idx].to(self.device)
+        self.x_random = random_inputs(len(self.valid_idx), tuple(self.x_valid.shape[1:]), seed=cfg.seed).to(self.device)
+        self.classes = list(train.classes)
+        self.bad_files = [str(f) for f in list(train.bad_files) + list(valid.bad_files)]
+        self.timings["load_data"] = time.perf_counter() - t0
+        for name, x in (("train", self.x_train), ("valid", self.x_valid)):
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:
+                raise NndistError(f"{bad} non-finite values in the normalised {name} inputs; check --mean/--std (std must be non-zero)")
+
+    def _build_runs(self) -> StackedRuns:
+        from .inits import init_model
+        from .models import create_model
+
+        models = []
+        for key in self.keys:
+            model = create_model(self.cfg.model, num_classes=len(self.classes))
+            init_model(model, key.init, gain=self.cfg.gain, bias_init=self.cfg.bias_init, generator=self.cfg.init_seed + key.seed)
+            models.append(model)
+        check_layers(models[0], self.cfg.layers)
+        # The model must accept the data: one forward on a single image gives a clear error if not.
+        try:
+            with torch.no_grad():
+                models[0].eval()(self.x_train[:1].cpu())
+        except NndistError:
+            raise
+        except RuntimeError as exc:
+            raise NndistError(
+                f"model {self.cfg.model} cannot take inputs of shape {tuple(self.x_train.shape[1:])} from {self.cfg.data}: {str(exc).splitlines()[0]}"
+            ) from None
+        return StackedRuns(models).to(self.device)
+
+    def _manifest(self, finished: bool = False) -> dict[str, Any]:
+        return {
+            "kind": "reproduce",
+            "config": self.cfg.to_dict(),
+            "normalisation": {"mean": list(self.mean), "std": list(self.std)},
+            "versions": _versions(),
+            "seeds": {
+                "data_order": self.cfg.seed,
+                "random_inputs": self.cfg.seed,
+                "init": {k.name: self.cfg.init_seed + k.seed for k in self.keys},
+            },
+            "device": str(self.device),
+            "classes": self.classes,
+            "subsets": {"train": [int(i) for i in self.train_idx], "valid": [int(i) for i in self.valid_idx]},
+            "bad_files": self.bad_files,
+            "runs": self.status,
+            "timings": self.timings,
+            "started": self.started,
+            "finished": _now() if finished else None,
+        }
+
+    # ---- measurement --------------------------------------------------------------------
+    def _measure(self, runs: StackedRuns, stage: str) -> None:
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        inputs = {"train": self.x_train, "valid": self.x_valid, "random": self.x_random}
+        total = len(self.keys) * sum(x.shape[0] for x in inputs.values())
+        bar = tqdm(total=total, desc=f"features {stage}", unit="img", disable=not self.progress, leave=False)
+        try:
+            for r, key in enumerate(self.keys):
+                model = runs.model(r)
+                base = {"init": key.init, "seed": key.seed}
+                for (layer, pname), s in weight_summaries(model, self.cfg.layers).items():
+                    b = dict(base, layer=layer, param=pname, stage=stage)
+                    self.tables.weights.append(_summary_rows(s, b))
+                    self.tables.histograms.extend(_hist_rows(s, dict(b, table="weights", input="")))
+                    if stage == "before":
+                        self.before[("weights", key.name, layer, pname)] = s
+                    elif stage == "after":
+                        self._shift("weights", key, layer, pname, "", s)
+                feats = feature_summaries(model, self.cfg.layers, inputs, batch_size=self.cfg.eval_batch_size, progress=bar.update)
+                for (layer, input_type), s in feats.items():
+                    b = dict(base, layer=layer, input=input_type, stage=stage)
+                    self.tables.features.append(_summary_rows(s, b))
+                    self.tables.histograms.extend(_hist_rows(s, dict(b, table="features", param="")))
+                    if stage == "before":
+                        self.before[("features", key.name, layer, input_type)] = s
+                    elif stage == "after":
+                        self._shift("features", key, layer, "", input_type, s)
+        finally:
+            bar.close()
+        self.timings[f"measure_{stage}"] = time.perf_counter() - t0
+
+    def _shift(self, table: str, key: RunKey, layer: str, param: str, input_type: str, after: Summary) -> None:
+        before = self.before.get((table, key.name, layer, param or input_type))
+        if before is None:
+            return
+        self.shifts.append(
+            {
+                "table": table,
+                "init": key.init,
+                "seed": key.seed,
+                "layer": layer,
+                "param": param,
+                "input": input_type,
+                "wasserstein": float(wasserstein(before, after)),
+                "ks": float(ks_distance(before, after)),
+            }
+        )
+
+    def _save_checkpoints(self, runs: StackedRuns, stage: str) -> None:
+        from .models import save_checkpoint
+
+        for r, key in enumerate(self.keys):
+            save_checkpoint(
+                self.out / "checkpoints" / key.name / f"{stage}.safetensors",
+                runs.model(r),
+                {"model": self.cfg.model, "init": key.init, "seed": key.seed, "stage": stage, "reproduce": self.cfg.to_dict()},
+            )
+
+    # ---- persistence --------------------------------------------------------------------
+    def _write_tables(self) -> None:
+        t = self.tables
+        frames = {
+            "loss.parquet": pd.DataFrame(t.loss, columns=["init", "seed", "epoch", "step", "loss"]),
+            "accuracy.parquet": pd.DataFrame(t.accuracy, columns=["init", "seed", "epoch", "split", "accuracy", "loss"]),
+            "weights.parquet": pd.DataFrame(t.weights),
+            "features.parquet": pd.DataFrame(t.features),
+            "histograms.parquet": pd.DataFrame(
+                t.histograms, columns=["table", "init", "seed", "layer", "param", "input", "stage", "left", "right", "count"]
+            ),
+        }
+        if self.shifts:
+            frames["shifts.parquet"] = pd.DataFrame(self.shifts)
+        for name, df in frames.items():
+            if len(df.columns):
+                write_parquet(self.out / name, df)
+
+    def _save_state(self, runs: StackedRuns, opt: torch.optim.Optimizer, epoch: int, step_in_epoch: int, global_step: int) -> None:
+        state = {
+            "version": 1,
+            "config": json.dumps(self.cfg.to_dict()),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": global_step,
+            "runs": runs.state_dict(),
+            "optimizer": opt.state_dict(),
+            "tables": _to_saveable(dataclasses.asdict(self.tables)),
+            "before": [[list(k), _to_saveable(v.state_dict())] for k, v in self.before.items()],
+            "status": json.dumps(self.status),
+            "timings": json.dumps(self.timings),
+            "epoch_acc": _to_saveable(self._epoch_acc),
+        }
+        with atomic_path(self.out / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+        self._write_tables()
+        write_json(self.out / "manifest.json", self._manifest())
+
+    def _load_state(self, runs: StackedRuns, opt: torch.optim.Optimizer) -> tuple[int, int, int]:
+        path = self.out / STATE_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing error
+            raise NndistError(f"cannot read training state {path} ({type(exc).__name__}); start again with --overwrite") from None
+        saved = json.loads(state["config"])
+        if saved != self.cfg.to_dict():
+            diff = sorted(k for k in saved if saved.get(k) != self.cfg.to_dict().get(k))
+            raise NndistError(f"--resume {self.out}: options differ from the interrupted run ({', '.join(diff)}); resume with the same options")
+        runs.load_state_dict(state["runs"])
+        opt.load_state_dict(state["optimizer"])
+        tables = _from_saved(state["tables"])
+        self.tables = _Tables(**tables)
+        self.before = {tuple(k): Summary.from_state_dict(_from_saved(v)) for k, v in state["before"]}
+        self.status = json.loads(state["status"])
+        self.timings = json.loads(state["timings"])
+        self._epoch_acc = _from_saved(state["epoch_acc"])
+        return int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
+
+    # ---- main loop ----------------------------------------------------------------------
+    def run(self, *, overwrite: bool = False, resume: bool = False) -> Path:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        prepare_output_dir(self.out, overwrite=overwrite, resume=resume)
+        if resume:
+            with open(self.out / "manifest.json", encoding="utf-8") as fh:
+                old = json.load(fh)
+            if old.get("kind") != "reproduce":
+                raise NndistError(f"--resume {self.out}: it is a {old.get('kind')!r} run, not a reproduce run")
+            self.started = old.get("started") or _now()
+        else:
+            self.started = _now()
+        self.shifts: list[dict[str, Any]] = []
+        self._epoch_acc: dict[str, Any] = {"correct": None, "seen": 0, "loss_sum": None}
+        self._load_data()
+        runs = self._build_runs()
+        opt = torch.optim.Adam(runs.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        n_train = self.x_train.shape[0]
+        steps_per_epoch = (n_train + cfg.batch_size - 1) // cfg.batch_size
+
+        start_epoch, start_step, global_step = 1, 0, 0
+        if resume and (self.out / STATE_FILE).is_file():
+            epoch_done, step_in_epoch, global_step = self._load_state(runs, opt)
+            start_epoch, start_step = (epoch_done + 1, 0) if step_in_epoch == 0 else (epoch_done, step_in_epoch)
+        else:
+            write_json(self.out / "manifest.json", self._manifest())
+            self._measure(runs, "before")
+            self._save_checkpoints(runs, "before")
+            acc_t, loss_t = evaluate_runs(runs, self.x_train, self.y_train, cfg.eval_batch_size)
+            acc_v, loss_v = evaluate_runs(runs, self.x_valid, self.y_valid, cfg.eval_batch_size)
+            for r, key in enumerate(self.keys):
+                self.tables.accuracy.append(dict(init=key.init, seed=key.seed, epoch=0, split="train", accuracy=float(acc_t[r]), loss=float(loss_t[r])))
+                self.tables.accuracy.append(dict(init=key.init, seed=key.seed, epoch=0, split="valid", accuracy=float(acc_v[r]), loss=float(loss_v[r])))
+                self.status[key.name]["status"] = "running"
+            self._save_state(runs, opt, 0, 0, 0)
+
+        t_train = time.perf_counter()
+        total_steps = cfg.epochs * steps_per_epoch
+        bar = tqdm(total=total_steps, initial=global_step, desc="training", unit="step", disable=not self.progress)
+        R = len(self.keys)
+        try:
+            for epoch in range(start_epoch, cfg.epochs + 1):
+                order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(self.device)
+                first = start_step if epoch == start_epoch else 0
+                if first == 0:
+                    self._epoch_acc = {"correct": np.zeros(R), "seen": 0, "loss_sum": np.zeros(R)}
+                for step in range(first, steps_per_epoch):
+                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    xb, yb = self.x_train[idx], self.y_train[idx]
+                    opt.zero_grad(set_to_none=True)
+                    loss, out = runs.losses(xb, yb)
+                    finite = torch.isfinite(loss.detach())
+                    newly = [r for r in range(R) if not bool(finite[r]) and not bool(runs.frozen[r])]
+                    if newly:
+                        runs.freeze(newly)
+                        for r in newly:
+                            st = self.status[self.keys[r].name]
+                            st["status"], st["diverged_at_step"] = "diverged", global_step
+                    active = ~runs.frozen.to(loss.device)
+                    torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
+                    opt.step()
+                    runs.restore_frozen()
+                    loss_cpu = loss.detach().double().cpu().numpy()
+                    for r, key in enumerate(self.keys):
+                        if self.status[key.name]["status"] != "diverged" or r in newly:
+                            self.tables.loss.append(dict(init=key.init, seed=key.seed, epoch=epoch, step=global_step, loss=float(loss_cpu[r])))
+                    with torch.no_grad():
+                        self._epoch_acc["correct"] = self._epoch_acc["correct"] + (out.argmax(-1) == yb).sum(1).double().cpu().numpy()
+                    self._epoch_acc["loss_sum"] = self._epoch_acc["loss_sum"] + loss_cpu * xb.shape[0]
+                    self._epoch_acc["seen"] += xb.shape[0]
+                    global_step += 1
+                    bar.update(1)
+                    if self.progress:
+                        bar.set_postfix(epoch=epoch, loss=f"{np.nanmean(loss_cpu):.3f}")
+                    if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                        self._save_state(runs, opt, epoch, step + 1, global_step)
+                self._end_epoch(runs, epoch)
+                self._save_state(runs, opt, epoch, 0, global_step)
+        finally:
+            bar.close()
+        self.timings["train"] = self.timings.get("train", 0.0) + time.perf_counter() - t_train
+
+        self._measure(runs, "after")
+        self._save_checkpoints(runs, "after")
+        for key in self.keys:
+            if self.status[key.name]["status"] == "running":
+                self.status[key.name]["status"] = "done"
+        self._write_tables()
+        self._finish()
+        write_json(self.out / "manifest.json", self._manifest(finished=True))
+        return self.out
+
+    def _end_epoch(self, runs: StackedRuns, epoch: int) -> None:
+        acc_v, loss_v = evaluate_runs(runs, self.x_valid, self.y_valid, self.cfg.eval_batch_size)
+        seen = max(self._epoch_acc["seen"], 1)
+        for r, key in enumerate(self.keys):
+            # Training accuracy and loss are the running values over the epoch's batches.
+            self.tables.accuracy.append(
+                dict(init=key.init, seed=key.seed, epoch=epoch, split="train",
+                     accuracy=float(self._epoch_acc["correct"][r] / seen), loss=float(self._epoch_acc["loss_sum"][r] / seen))
+            )
+            self.tables.accuracy.append(dict(init=key.init, seed=key.seed, epoch=epoch, split="valid", accuracy=float(acc_v[r]), loss=float(loss_v[r])))
+        if self.cfg.every_epoch and epoch < self.cfg.epochs:
+            self._measure(runs, f"epoch_{epoch}")
+
+    def _finish(self) -> None:
+        """Figures, TensorBoard, claims and the report (each optional part reports its own failure)."""
+        from .figures import write_figures
+
+        t0 = time.perf_counter()
+        write_figures(self.out)
+        self.timings["figures"] = time.perf_counter() - t0
+        write_json(self.out / "manifest.json", self._manifest(finished=True))
+        finish_run_directory(self.out)
+
+
+def finish_run_directory(run_dir: Path) -> None:
+    """Writes TensorBoard events, claims.csv and report.html for a completed run directory."""
+    import warnings
+
+    try:
+        from .tb import write_tensorboard
+
+        write_tensorboard(run_dir)
+    except NndistError as exc:  # tensorboard is an optional extra
+        warnings.warn(f"TensorBoard events not written: {exc}", stacklevel=2)
+    from .claims import write_claims
+    from .report import write_report
+
+    write_claims(run_dir)
+    write_report(run_dir)
+
+
+def run_reproduce(
+    config: ReproduceConfig,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Runs the initialisation study and writes its run directory.
+
+    Args:
+        config: the study's configuration (profile defaults are filled in).
+        out_dir: the run directory.
+        overwrite: replace a non-empty ``out_dir``.
+        resume: continue an interrupted run in ``out_dir`` with the same options.
+        progress: show progress bars.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        NndistError: on a bad option, data source, model or output directory.
+    """
+    return Study(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume)
