@@ -80,6 +80,8 @@ def _draw(rng: np.random.Generator, shape: str, n: int, mean: float, std: float)
         return np.full(n, mean)
     if shape == "uniform":
         z = rng.uniform(-math.sqrt(3), math.sqrt(3), n)
+    elif shape == "bimodal":
+        z = rng.choice([-1.0, 1.0], n) + rng.normal(0, 0.05, n)
     elif shape == "heavy":
         z = rng.laplace(0.0, 1 / math.sqrt(2), n)
     else:
@@ -250,7 +252,7 @@ def _weights_and_features(rng, init, s, layers, stages, paper, is_div, n_values,
                     elif paper:
                         shape = "normal" if (uniform_init and t == 1) else ("uniform" if uniform_init else "normal")
                     else:
-                        shape = "uniform" if uniform_init else "heavy"
+                        shape = ("bimodal" if t == 1 else "uniform") if uniform_init else "heavy"
                 n = n_values if param == "weight" else max(16, n_values // 20)
                 x = _draw(rng, shape, n, mean, std)
                 if uniform_init and paper and 0 < t < 1:

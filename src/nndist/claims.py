@@ -17,7 +17,7 @@ Conventions:
 * Final training loss = mean loss over the steps of the last epoch (loss.parquet).
 * A *diverged* run (manifest ``runs[*].status == "diverged"``, or a non-finite final loss) ranks
   as having an infinite final loss; its after-training statistics are not used. A run still
-  ``running`` is left out.
+  ``running`` (or ``pending``) is left out.
 * Constant inits are ``ones`` and ``zeros``; claims about distributions use the others.
 * Layer depth is the order of first appearance in the table (the order in which the producer
   visits ``model.named_modules()``), unless the manifest names ``config.layers``.
@@ -252,7 +252,7 @@ class _Claim:
             if other and held:
                 numbers += "; not in: " + ", ".join(other)
             if not counted:
-                numbers = "; ".join(d["numbers"] for d in self.details) or "nothing to measure"
+                numbers = "; ".join(dict.fromkeys(d["numbers"] for d in self.details)) or "nothing to measure"
         return [self._row("summary", "all", verdict, numbers)] + self.details
 
 
@@ -294,7 +294,7 @@ class _Study:
 
     def excluded(self, init: str, seed: int, after: bool) -> bool:
         st = self.state(init, seed)
-        return st == "running" or (after and st == "diverged")
+        return st in ("running", "pending") or (after and st == "diverged")
 
     def final_losses(self) -> dict[int, dict[str, float]] | None:
         """seed -> init -> final training loss (inf when diverged); running runs left out."""
@@ -303,7 +303,7 @@ class _Study:
             return None
         out: dict[int, dict[str, float]] = {}
         for (init, seed), g in loss.groupby(["init", "seed"], sort=False):
-            if self.state(init, seed) == "running":
+            if self.state(init, seed) in ("running", "pending"):
                 continue
             last = g[g["epoch"] == g["epoch"].max()]["loss"].to_numpy(dtype=float)
             val = float(np.mean(last)) if last.size else math.inf
@@ -329,7 +329,7 @@ class _Study:
             return None
         m = b.merge(a, on=idx, how="outer", suffixes=("_before", "_after"))
         m["diverged"] = [self.state(i, s) == "diverged" for i, s in zip(m["init"], m["seed"])]
-        m["running"] = [self.state(i, s) == "running" for i, s in zip(m["init"], m["seed"])]
+        m["running"] = [self.state(i, s) in ("running", "pending") for i, s in zip(m["init"], m["seed"])]
         return m[~m["running"]]
 
 
@@ -397,6 +397,8 @@ def _claim3(st: _Study) -> list[dict]:
         z = loss[loss["init"] == "zeros"]
         items = []
         for s, g in z.groupby("seed"):
+            if st.excluded("zeros", s, after=False):
+                continue
             dev = np.abs(g["loss"].to_numpy(dtype=float) - math.log(10))
             dev = np.where(np.isfinite(dev), dev, np.inf)
             diverged = st.state("zeros", s) == "diverged"
@@ -404,7 +406,8 @@ def _claim3(st: _Study) -> list[dict]:
             items.append((_v(ok), f"seed {s}: loss {_g(float(g['loss'].min()))}..{_g(float(g['loss'].max()))}, "
                           f"max |loss - ln 10| = {_g(float(dev.max()))}" + (" (diverged)" if diverged else "")))
         v = _combine(x for x, _ in items)
-        c.detail("zeros (loss)", v, ("flips between seeds; " if v == MIXED else "") + "; ".join(t for _, t in items))
+        c.detail("zeros (loss)", v, ("flips between seeds; " if v == MIXED else "") + "; ".join(t for _, t in items)
+                 if items else "the zeros run has not finished")
     else:
         c.detail("zeros (loss)", NOT_MEASURED, "loss.parquet not produced")
     if w is not None and (w["init"] == "zeros").any():
@@ -413,30 +416,34 @@ def _claim3(st: _Study) -> list[dict]:
             g = z[z["layer"] == layer]
             items = []
             for s, gs in g.groupby("seed"):
+                if st.excluded("zeros", s, after=False):
+                    continue
                 amax = float(np.nanmax(np.abs(gs[["min", "max"]].to_numpy(dtype=float)))) if "min" in gs else \
                     float(np.nanmax(np.abs(gs["mean"]) + gs["std"]))
                 items.append((_v(amax <= ZERO_WEIGHT_TOL), f"seed {s}: max |w|, |b| = {_g(amax)}"))
             v = _combine(x for x, _ in items)
-            c.detail(f"zeros/{layer}", v, "; ".join(t for _, t in items))
+            c.detail(f"zeros/{layer}", v, "; ".join(t for _, t in items) if items else "the zeros run has not finished")
     else:
         c.detail("zeros (weights)", NOT_MEASURED, "weights.parquet not produced or has no zeros rows")
     return c.rows(unit="checks")
 
 
 def _claim4(st: _Study) -> list[dict]:
-    rule = ("per seed: the final training loss of ones > that of every non-constant init "
-            "(diverged = infinite loss)")
+    rule = ("per seed: the final training loss of ones > that of every non-constant init that did not diverge "
+            "(diverged non-constant inits are left out and named; a diverged ones run counts as infinite loss)")
     finals = st.final_losses()
     if finals is None:
         return _not_measured(4, "loss.parquet not produced", rule)
     c, per_seed = _Claim(4, rule), {}
     for s, final in finals.items():
-        others = {i: v for i, v in final.items() if i not in CONSTANT_INITS}
+        others = {i: v for i, v in final.items() if i not in CONSTANT_INITS and math.isfinite(v)}
+        gone = sorted(i for i, v in final.items() if i not in CONSTANT_INITS and not math.isfinite(v))
         if "ones" not in final or not others:
             continue
         top = max(others, key=lambda i: others[i])
         ok = final["ones"] > others[top]
-        per_seed[s] = (_v(ok), f"ones {_g(final['ones'])} vs highest non-constant {top} {_g(others[top])}")
+        per_seed[s] = (_v(ok), f"ones {_g(final['ones'])} vs highest non-constant {top} {_g(others[top])}"
+                       + (f" (diverged, left out: {', '.join(gone)})" if gone else ""))
     if not per_seed:
         return _not_measured(4, "needs the ones init and a non-constant init", rule)
     _by_seed(c, per_seed)
@@ -667,7 +674,7 @@ def _per_sample(run: RunDir, layer: str, stat: str) -> np.ndarray | None:
 def _grad_layers(run: RunDir) -> list[str]:
     g = run.table("gradients.parquet")
     layers = run.layer_order(g)
-    if not layers and (run.path / "per_sample").is_dir():
+    if not layers and run.kind == GRADIENTS and (run.path / "per_sample").is_dir():
         names = {p.name.rsplit(".", 2)[0] for p in (run.path / "per_sample").glob("*.npy")}
         layers = sorted(names)
     return layers
@@ -810,7 +817,11 @@ def evaluate_claims(run_dir: str | os.PathLike[str] | RunDir) -> pd.DataFrame:
     study = _Study(run) if run.kind == REPRODUCE else None
     for cid, (_, kind) in CLAIMS.items():
         if kind != run.kind:
-            rows += _not_measured(cid, f"needs a {kind} run; this is a {run.kind} run")
+            # run the claim on nothing, to state its rule, then say why it was not measured
+            empty = RunDir(path=run.path, manifest={"kind": kind}, _tables=dict.fromkeys(_REQUIRED))
+            empty_rows = _REPRODUCE_FUNCS[cid](_Study(empty)) if kind == REPRODUCE else _GRADIENT_FUNCS[cid](empty)
+            rule = empty_rows[0]["rule"]
+            rows += _not_measured(cid, f"needs a {kind} run; this is a {run.kind} run", rule)
         elif study is not None:
             rows += _REPRODUCE_FUNCS[cid](study)
         else:
@@ -818,8 +829,12 @@ def evaluate_claims(run_dir: str | os.PathLike[str] | RunDir) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
-def write_claims(run_dir: str | os.PathLike[str]) -> Path:
+def write_claims(run_dir: str | os.PathLike[str], claims: pd.DataFrame | None = None) -> Path:
     """Evaluates the claims and writes them to ``RUN_DIR/claims.csv`` atomically.
+
+    Args:
+        run_dir: A ``reproduce`` or ``gradients`` run directory.
+        claims: The table of :func:`evaluate_claims`, if already computed.
 
     Returns:
         The path of claims.csv.
@@ -828,7 +843,7 @@ def write_claims(run_dir: str | os.PathLike[str]) -> Path:
         NndistError: As :func:`evaluate_claims`.
     """
     run = load_run(run_dir)
-    df = evaluate_claims(run)
+    df = evaluate_claims(run) if claims is None else claims
     path = run.path / "claims.csv"
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)

@@ -25,7 +25,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import NndistError
 from .io import atomic_path
@@ -220,25 +219,28 @@ def _resize_one(im: torch.Tensor, image_size: int | None, resize: str) -> torch.
 # ----------------------------------------------------------------------------- image folders
 
 
-def _decode(data: bytes, path: Path) -> torch.Tensor:
-    """Decodes image bytes to uint8 RGB ``(3, H, W)``; raises ValueError with a reason."""
+def _decode(data: bytes, path: Path | None) -> torch.Tensor:
+    """Decodes image bytes to uint8 RGB ``(3, H, W)``; raises ValueError with a reason.
+
+    PIL, not ``torchvision.io`` (deprecated since torchvision 0.29): it reads every common
+    format, converts grayscale, RGBA and palette images to RGB, and releases the GIL while
+    decoding, so a thread pool decodes in parallel.
+    """
     if not data:
         raise ValueError("empty (zero-byte) file")
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        pass  # formats torchvision cannot decode (BMP, TIFF, ...) or a bad file: ask PIL
     import io as _io
 
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(_io.BytesIO(data)) as img:
-            arr = np.array(img.convert("RGB"))  # (H, W, 3), also for grayscale / RGBA / palette
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+            arr = np.array(img.convert("RGB"))  # (H, W, 3); forces the full decode
+    except UnidentifiedImageError:
+        raise ValueError("not an image (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"corrupt image ({exc})") from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 

@@ -29,6 +29,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from .errors import NndistError, UnknownNameError
 from .io import atomic_path
 from .registry import Registry
@@ -63,10 +65,6 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: The layers whose distributions the paper analyses (starred in Table 1).
 PAPER_LAYERS = ("conv1", "conv2", "conv3", "fc1")
@@ -465,7 +463,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         return _strip_prefix(sd), metadata
     if suffix in (".th", ".pt", ".pth"):
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # Raised for plain pickles; the weights-only unpickler still refuses anything unsafe.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise NndistError(
                 f"{path}: refused to load: it holds Python objects other than tensors (a pickle that could "

@@ -124,7 +124,7 @@ def _reproduce_sections(run: RunDir, embed: bool) -> dict:
             recs.append({"init": init, "seed": seed, "status": e.get("status", ""),
                          "diverged at step": e.get("diverged_at_step"), "seconds": e.get("seconds")})
             classes.append("diverged" if e.get("status") == "diverged" else
-                           ("running" if e.get("status") == "running" else ""))
+                           ("running" if e.get("status") in ("running", "pending") else ""))
         runs_df = pd.DataFrame(recs)
 
     # Final training loss and accuracy per run.

@@ -1,0 +1,49 @@
+"""Pins the public API: names exported by ``nndist`` and the emission_absorption signature."""
+
+import inspect
+
+import nndist
+
+EXPECTED = [
+    "GradientsConfig",
+    "NndistError",
+    "ReproduceConfig",
+    "Summary",
+    "UnknownNameError",
+    "__version__",
+    "create_model",
+    "emission_absorption",
+    "init_model",
+    "ks_distance",
+    "list_inits",
+    "list_models",
+    "load_split",
+    "load_weights",
+    "random_inputs",
+    "register_handler",
+    "run_gradients",
+    "run_reproduce",
+    "save_checkpoint",
+    "stratified_subset",
+    "summarize",
+    "wasserstein",
+]
+
+
+def test_all_is_pinned():
+    assert sorted(nndist.__all__) == sorted(EXPECTED)
+    for name in nndist.__all__:
+        assert hasattr(nndist, name), name
+
+
+def test_emission_absorption_signature():
+    params = inspect.signature(nndist.emission_absorption).parameters
+    shape = [(p.name, p.kind.name, p.default) for p in params.values()]
+    empty = inspect.Parameter.empty
+    assert shape == [
+        ("model", "POSITIONAL_OR_KEYWORD", empty),
+        ("inputs", "POSITIONAL_OR_KEYWORD", empty),
+        ("targets", "POSITIONAL_OR_KEYWORD", None),
+        ("loss", "KEYWORD_ONLY", "cross_entropy"),
+        ("layers", "KEYWORD_ONLY", None),
+    ]
