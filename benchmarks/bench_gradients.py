@@ -8,8 +8,9 @@ On a CIFAR ResNet-56 (random weights, eval mode), batch 128, 32x32 inputs, this 
     local gradient ``LG^{c1->c2}`` (one grouped transposed convolution per layer producing all
     ``C_out x C_in`` maps, cropped to the input) and takes their norms.
 
-Times are the median of ``--repeats`` runs after one warm-up. Peak memory is the process's peak
-resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) in a fresh subprocess per method
+Times are the median of ``--repeats`` runs after one warm-up, (a) and (b) interleaved (the
+literal, being slow, gets half as many). Peak memory is the process's peak
+resident set size (``VmHWM`` from ``/proc/self/status``; ``ru_maxrss`` elsewhere) in a fresh subprocess per method
 that builds the model and batch, runs the method twice, and exits; the table also shows the peak
 minus the RSS just before the first run (the memory the method itself adds).
 
@@ -86,24 +87,39 @@ METHODS: dict[str, Callable[[nn.Module, Tensor, Tensor], None]] = {
 }
 
 
-def timeit(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def timeit(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds per function; the repeats are interleaved so that load drifts hit all alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _vm_hwm_kib() -> int:
+    """Peak resident set of this process (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def peak_memory_child(method: str, batch: int) -> None:
     torch.manual_seed(0)
     model = make_model()
     x, y = make_batch(batch)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _vm_hwm_kib()
     METHODS[method](model, x, y)
     METHODS[method](model, x, y)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _vm_hwm_kib()
     print(json.dumps({"peak_kib": peak, "base_kib": base}))
 
 
@@ -143,15 +159,17 @@ def main() -> None:
         peak_memory_child(args.memory_child, args.batch)
         return
 
+    mems = {m: peak_memory(m, args.batch) for m in ("plain", "nndist")}
     torch.manual_seed(0)
     model = make_model()
     x, y = make_batch(args.batch)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, cifar_resnet56 (eval)")
     print(f"max relative difference nndist vs literal (float32): {check_agreement(model, x[:8], y[:8]):.2e}")
-    times = {}
-    for method in ("plain", "nndist") + (() if args.skip_literal else ("literal",)):
-        times[method] = timeit(lambda: METHODS[method](model, x, y), args.repeats)
-    mems = {m: peak_memory(m, args.batch) for m in ("plain", "nndist")}
+    times = timeit(
+        {m: (lambda m=m: METHODS[m](model, x, y)) for m in ("plain", "nndist")}, args.repeats
+    )
+    if not args.skip_literal:  # slow: fewer repeats
+        times.update(timeit({"literal": lambda: run_literal(model, x, y)}, max(1, args.repeats // 2)))
     print(f"{'method':<10}{'time [s]':>10}{'peak RSS [MiB]':>16}{'added [MiB]':>13}")
     for method, t in times.items():
         mem = mems.get(method)

@@ -112,7 +112,12 @@ class ImageData:
             std: Per-channel std of [0, 1] pixels.
             indices: Which images (anything that indexes a tensor); None for all.
             device: Where the result lives; the uint8 images are moved first (4x less traffic).
+
+        Raises:
+            NndistError: ``mean``/``std`` hold the wrong number of values, a non-finite value or a
+                std <= 0 (which would turn every pixel into Inf or NaN).
         """
+        _check_normalisation(mean, std, int(self.images.shape[1]))
         x = self.images if indices is None else self.images[_as_index(indices)]
         x = x.to(device) if device is not None else x
         m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
@@ -124,6 +129,25 @@ class ImageData:
         idx = _as_index(indices)
         files = None if self.files is None else [self.files[i] for i in idx.tolist()]
         return replace(self, images=self.images[idx], labels=self.labels[idx], files=files)
+
+
+def _check_normalisation(mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+    """Raises a clear error for normalisation values that cannot work (checked before any pixel)."""
+    for name, values in (("mean", mean), ("std", std)):
+        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        shown = ",".join(f"{float(a):g}" for a in v)
+        if v.ndim != 1 or len(v) not in (1, channels):
+            raise NndistError(
+                f"--{name} {shown}: {len(v.ravel())} value(s) for images with {channels} channels; "
+                f"give {channels} comma-separated values (or one for all channels)"
+            )
+        if not np.isfinite(v).all():
+            raise NndistError(f"--{name} {shown}: every value must be a finite number")
+        if name == "std" and (v <= 0).any():
+            raise NndistError(
+                f"--std {shown}: every value must be positive (a std of 0 divides the pixels by zero); "
+                "give each channel's pixel std on the [0, 1] scale, e.g. 0.2470,0.2435,0.2616"
+            )
 
 
 def _as_index(indices: Any) -> torch.Tensor:

@@ -33,11 +33,11 @@ def _plt():
     return plt
 
 
-def save_figure(fig, stem: Path) -> list[Path]:
-    """Saves ``fig`` as ``stem.png`` and ``stem.svg`` atomically; returns the paths."""
+def save_figure(fig, stem: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+    """Saves ``fig`` as ``stem.png`` and ``stem.svg`` (or ``formats``) atomically; returns the paths."""
     paths = []
-    for ext in ("png", "svg"):
-        path = stem.with_suffix(f".{ext}")
+    for ext in formats:
+        path = stem.parent / f"{stem.name}.{ext}"  # not with_suffix: layer names hold dots
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext, dpi=110, bbox_inches="tight")
         paths.append(path)
@@ -59,10 +59,11 @@ def rebin(hist: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
 
 
 def _grid(rows: pd.DataFrame, bins: int = 80) -> np.ndarray:
-    lo = np.nanmin(rows["q01"].to_numpy())
-    hi = np.nanmax(rows["q99"].to_numpy())
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        lo, hi = -1.0, 1.0
+    lows = rows["q01"].to_numpy(dtype=np.float64)
+    highs = rows["q99"].to_numpy(dtype=np.float64)
+    lows, highs = lows[np.isfinite(lows)], highs[np.isfinite(highs)]
+    # A diverged run's summaries can be all non-finite: fall back to a unit range.
+    lo, hi = (lows.min(), highs.max()) if len(lows) and len(highs) else (-1.0, 1.0)
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
     pad = 0.15 * (hi - lo)
@@ -78,7 +79,7 @@ def _panel(ax, hist: pd.DataFrame, stats: pd.DataFrame, key: dict, colors: dict,
         ax.set_axis_off()
         return
     # Fewer bins for small tensors (a 16-value bias), up to 80 for large ones.
-    n = float(np.nanmax(sel["n"].to_numpy())) if "n" in sel else 1e4
+    n = float(sel["n"].max()) if "n" in sel else 1e4
     grid = _grid(sel, bins=int(np.clip(2 * np.sqrt(max(n, 1.0)), 8, 80)))
     texts = []
     for series, color in colors.items():

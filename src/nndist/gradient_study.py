@@ -89,7 +89,6 @@ class GradientStudy:
         self.cfg = config
         self.out = Path(out_dir)
         self.progress = progress
-        self.device = _device(config.device)
 
     def _setup(self) -> None:
         from .data import load_split, stratified_subset
@@ -195,7 +194,7 @@ class GradientStudy:
             "layers": self.layers,
             "unsupported": self.unsupported,
             "n_samples": len(self.indices),
-            "done_samples": self.done,
+            "done_samples": min(len(self.indices), self.done * self.cfg.batch_size),
             "sample_order": [int(i) for i in self.indices],
             "classes": list(self.data.classes),
             "bad_files": [str(f) for f in self.data.bad_files],
@@ -205,14 +204,17 @@ class GradientStudy:
             "finished": _now() if finished else None,
         }
 
-    def _process(self, start: int, stop: int) -> None:
+    def _process(self, batch: int) -> dict[tuple[str, str], np.ndarray] | None:
+        """Measures global batch ``batch``; updates this rank's summaries; returns per-sample values."""
         from .gradients import emission_absorption
 
         cfg = self.cfg
+        start, stop = batch * cfg.batch_size, min(len(self.indices), (batch + 1) * cfg.batch_size)
         idx = self.indices[start:stop]
         x = self.data.normalized(self.mean, self.std, indices=idx, device=self.device)
         y = self.data.labels[idx].to(self.device)
         res = emission_absorption(self.model, x, y if cfg.loss == "cross_entropy" else None, loss=cfg.loss, layers=list(self.layers))
+        per_sample: dict[tuple[str, str], np.ndarray] = {}
         for name, r in res.items():
             em = r.emission.detach().to("cpu", torch.float64)
             ab = r.absorption.detach().to("cpu", torch.float64)
@@ -224,46 +226,105 @@ class GradientStudy:
             if finite.any():
                 rel = ((tot_em - tot_ab).abs() / tot_em.abs().clamp_min(1e-30))[finite].max().item()
                 self.totals_maxrel = max(self.totals_maxrel, rel)
-            if self.arrays:
-                self.arrays[(name, "emission")][start:stop] = em.numpy()
-                self.arrays[(name, "absorption")][start:stop] = ab.numpy()
+            if cfg.per_sample:
+                per_sample[(name, "emission")] = r.emission.detach().to("cpu", torch.float32).numpy()
+                per_sample[(name, "absorption")] = r.absorption.detach().to("cpu", torch.float32).numpy()
+        return per_sample if cfg.per_sample else None
+
+    def _write_rows(self, batch: int, values: dict[tuple[str, str], np.ndarray]) -> None:
+        start = batch * self.cfg.batch_size
+        for key, arr in values.items():
+            self.arrays[key][start : start + arr.shape[0]] = arr
+
+    def _merge_to_main(self) -> None:
+        """Merges every rank's partial summaries into rank 0's (one gather); the others restart empty."""
+        if not self.dist.enabled:
+            return
+        from .distributed import gather_to_main
+
+        payload = {
+            "summaries": {k: s.state_dict() for k, s in self.summaries.items()},
+            "norm_sum": self.norm_sum,
+            "maxrel": self.totals_maxrel,
+        }
+        gathered = gather_to_main(payload, self.dist)
+        if self.dist.is_main:
+            for other in gathered[1:]:
+                for k, state in other["summaries"].items():
+                    self.summaries[k].merge(Summary.from_state_dict(state))
+                for k, m in other["norm_sum"].items():
+                    self.norm_sum[k] += m
+                self.totals_maxrel = max(self.totals_maxrel, other["maxrel"])
+        else:
+            done = self.done
+            self._fresh_state()
+            self.done = done
 
     def run(self, *, overwrite: bool = False, resume: bool = False) -> Path:
         from tqdm.auto import tqdm
 
-        prepare_output_dir(self.out, overwrite=overwrite, resume=resume)
+        from .distributed import barrier, broadcast_from_main, gather_to_main, rank_device, setup
+
+        self.dist = setup(self.cfg.device)
+        self.device = _device(rank_device(self.cfg.device, self.dist))
+        main = self.dist.is_main
+        # Rank 0 checks the output directory; every rank raises the same error if it fails.
+        error = None
+        if main:
+            try:
+                prepare_output_dir(self.out, overwrite=overwrite, resume=resume)
+            except NndistError as exc:
+                error = str(exc)
+        error = broadcast_from_main(error, self.dist)
+        if error:
+            raise NndistError(error)
         self.started = _now()
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self._setup()
         self.timings["setup"] = time.perf_counter() - t0
         self._fresh_state()
-        resumed = resume and self._load_state()
-        self._open_arrays(create=not resumed)
-        write_json(self.out / "manifest.json", self._manifest(False))
-        n = len(self.indices)
-        bs = self.cfg.batch_size
-        chunk = bs * max(1, self.cfg.chunk_batches)
+        resumed = bool(resume and main and self._load_state())
+        self.done = int(broadcast_from_main(self.done, self.dist))
+        self.arrays = {}
+        if main:
+            self._open_arrays(create=not resumed)
+            write_json(self.out / "manifest.json", self._manifest(False))
+        n, bs, world = len(self.indices), self.cfg.batch_size, self.dist.world
+        n_batches = (n + bs - 1) // bs
+        # Batch j goes to rank j % world: every sample is computed in the same batch as in a
+        # single process, so per-sample values are identical whatever the number of ranks.
+        chunk = max(1, self.cfg.chunk_batches // world) * world
         t1 = time.perf_counter()
-        bar = tqdm(total=n, initial=self.done, desc="emission/absorption", unit="img", disable=not self.progress)
+        bar = tqdm(total=n, initial=min(n, self.done * bs), desc="emission/absorption", unit="img", disable=not (self.progress and main))
         try:
-            while self.done < n:
-                stop_chunk = min(n, self.done + chunk)
-                for start in range(self.done, stop_chunk, bs):
-                    stop = min(stop_chunk, start + bs)
-                    self._process(start, stop)
-                    bar.update(stop - start)
-                self.done = stop_chunk
-                self._save_state()
+            while self.done < n_batches:
+                chunk_end = min(n_batches, self.done + chunk)
+                for first in range(self.done, chunk_end, world):
+                    mine = first + self.dist.rank
+                    payload = (mine, self._process(mine)) if mine < chunk_end else None
+                    gathered = gather_to_main(payload, self.dist)
+                    if main:
+                        for item in gathered:
+                            if item is not None and item[1] is not None:
+                                self._write_rows(*item)
+                        bar.update(min(n, chunk_end * bs, (first + world) * bs) - min(n, first * bs))
+                self._merge_to_main()
+                self.done = chunk_end
+                if main:
+                    self._save_state()
+                barrier(self.dist)
         finally:
             bar.close()
         self.timings["measure"] = time.perf_counter() - t1
         self.timings["samples_per_s"] = (n / self.timings["measure"]) if self.timings["measure"] > 0 else float("nan")
-        self._write_outputs()
-        from .reproduce import finish_run_directory
+        if main:
+            self._write_outputs()
+            from .reproduce import finish_run_directory
 
-        finish_run_directory(self.out)
-        write_json(self.out / "manifest.json", self._manifest(True))
+            finish_run_directory(self.out)
+            write_json(self.out / "manifest.json", self._manifest(True))
+        barrier(self.dist)
         return self.out
 
     def _write_outputs(self) -> None:
@@ -281,7 +342,7 @@ class GradientStudy:
             with atomic_path(self.out / "per_sample" / "order.npy") as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, np.asarray(self.indices, dtype=np.int64))
-        n = max(self.done, 1)
+        n = max(len(self.indices), 1)
         with atomic_path(self.out / "channel_norms.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{name: m / n for name, m in self.norm_sum.items()})

@@ -15,7 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import NndistError
+
 TMP_MARK = ".tmp-"
+
+
+class UnwritableError(NndistError, OSError):
+    """An output path that cannot be created; still an ``OSError`` for callers that tolerate it."""
 
 
 def _default_mode() -> int:
@@ -30,10 +36,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a temporary path to write; on success it is renamed to ``path``.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        UnwritableError: ``path``'s folder cannot be created or written (an ``NndistError``
+            naming the path, and an ``OSError``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
+    except OSError as exc:
+        raise UnwritableError(
+            f"cannot write {path} ({exc.strerror or type(exc).__name__}: {exc.filename or path.parent}); "
+            "choose another output path or make its folder writable"
+        ) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -7,31 +7,46 @@ whole dataset, per-channel gradients) and keeps a small state:
   ``M_p = sum_i (x_i - mean)^p`` for ``p = 2, 3, 4`` (float64), min and max;
 * the counts of NaN, +Inf and -Inf (non-finite values are counted and excluded from
   everything else);
-* a log-bucket quantile sketch in the style of DDSketch (Masson, Rim & Lee, VLDB 2019).
+* a log-linear bucket quantile sketch (HDR-histogram style buckets read off the float bit
+  pattern, used like DDSketch, Masson, Rim & Lee, VLDB 2019).
 
-Sketch. With relative accuracy ``alpha`` and ``gamma = (1 + alpha) / (1 - alpha)``, a value
-``v`` with ``|v| >= min_abs`` goes to bucket key ``k = ceil(log_gamma |v|)`` of the positive or
-the negative store, so bucket ``k`` holds ``gamma^(k-1) < |v| <= gamma^k``; values with
-``|v| < min_abs`` go to one zero bucket. The bucket edges ``±gamma^k`` (and ``±min_abs``) are
-fixed and global for a given ``(alpha, min_abs)``: two summaries always share edges, merging adds
-integer counts exactly, and histograms of different tensors line up bin for bin. Counts are stored
-densely between the smallest and largest key seen, so memory grows with
-``log(max|v| / min|v|) / log(gamma)`` (about 115 buckets per decade at ``alpha = 0.01``), never
-with the number of values.
+Sketch. With relative accuracy ``alpha`` the sketch keeps ``m`` mantissa bits, the smallest
+``m >= 0`` with ``1 / (2^(m+1) + 1) <= alpha`` (``alpha = 0.01`` gives ``m = 6``). The key of a
+value ``v`` is its binary exponent and the top ``m`` bits of its mantissa::
+
+    key(v) = (floor(log2 |v|) + 127) * 2^m + floor((|v| / 2^floor(log2 |v|) - 1) * 2^m)
+
+which for float32 is exactly the bit pattern shifted, ``(bits(|v|) >> (23 - m))``, and for
+float64 ``(bits(|v|) >> (52 - m)) - (1023 - 127) * 2^m`` (the same key for the same value, no
+rounding: float64 values are truncated, never rounded to float32, and values beyond float32's
+range simply get larger keys). Key ``k`` holds ``E_k <= |v| < E_{k+1}`` with the edges
+``E_k = 2^((k >> m) - 127) (1 + (k mod 2^m) / 2^m)`` (the float32 whose bit pattern is
+``k << (23 - m)``), so consecutive edges differ by a factor of at most ``gamma = 1 + 2^-m``
+(64 buckets per octave, about 213 per decade at ``m = 6``). Values with ``|v| < min_abs`` go to
+one zero bucket and the bucket holding ``min_abs`` keeps only ``min_abs <= |v| < E_{k0+1}``
+(``k0 = key(min_abs)``). The edges are fixed and global for a given ``(alpha, min_abs)``: two
+summaries always share edges, merging adds integer counts exactly, and histograms of different
+tensors line up bin for bin. Counts are stored densely between the smallest and largest key seen,
+so memory grows with ``log2(max|v| / min|v|) * 2^m``, never with the number of values.
+``min_abs`` must be at least ``2^-126`` (float32's smallest normal number) so that every key at or
+above ``k0`` is log-linear.
 
 Global bucket positions. Internally the buckets are numbered in increasing value order by an
 integer *position* ``p``: ``p = 0`` is the zero bucket, ``p = k - k0 + 1 > 0`` is positive key
-``k`` and ``p = -(k - k0 + 1) < 0`` is negative key ``k``, where ``k0 = ceil(log_gamma min_abs)``
-is the lowest key a value can have. Bucket ``p > 0`` covers ``(e_{p-1}, e_p]``, bucket
-``p < 0`` covers ``[e_{p-1}, e_p)`` and the zero bucket covers ``(-min_abs, min_abs)``, where
-``e_p = gamma^(p + k0 - 1)`` for ``p >= 1``, ``e_0 = min_abs`` and ``e_p = -e_{-p-1}`` for
-``p < 0``.
+``k`` and ``p = -(k - k0 + 1) < 0`` is negative key ``k``. Bucket ``p > 0`` covers
+``[e_{p-1}, e_p)``, bucket ``p < 0`` covers ``(e_{p-1}, e_p]`` and the zero bucket covers
+``(-min_abs, min_abs)``, where ``e_p = E_{k0 + p}`` for ``p >= 1``, ``e_0 = min_abs`` and
+``e_p = -e_{-p-1}`` for ``p < 0``.
 
 Accuracy of everything the sketch gives:
 
-* :meth:`Summary.quantile`: the returned value is within relative error ``alpha`` of the order
-  statistic ``x_(floor(q (n-1)))`` (0-based), or within ``min_abs`` of it when that order
-  statistic lies in the zero bucket. Results are also clipped to the exact ``[min, max]``.
+* :meth:`Summary.quantile`: a bucket ``[lo, hi)`` is represented by ``2 lo hi / (lo + hi)``,
+  the point with the smallest worst-case relative error, so the returned value is within relative
+  error ``(hi - lo) / (hi + lo) <= 1 / (2^(m+1) + 1) <= alpha`` (``1/129 = 0.00775`` at the
+  default ``alpha = 0.01``) of the order statistic ``x_(floor(q (n-1)))`` (0-based), or within
+  ``min_abs`` of it when that order statistic lies in the zero bucket. Results are also clipped to
+  the exact ``[min, max]``. The keys are exact bit operations: no value is ever put in a
+  neighbouring bucket by rounding.
 * :meth:`Summary.cdf`: exact at bucket edges (it is the fraction of values on that side of the
   edge; only values lying exactly on an edge can be attributed to either side), linear in
   between, so off by at most the mass of the bucket containing ``x`` elsewhere.
@@ -41,13 +56,26 @@ Accuracy of everything the sketch gives:
   returns both bounds.
 * :func:`wasserstein`: integrates ``|F_a - F_b|`` with the CDFs linear inside each bucket
   (values spread uniformly in their bucket). Each value moves by at most its bucket's width
-  ``~ 2 alpha |v|``, so the error is at most ``2 alpha (E|X_a| + E|X_b|)`` and usually far
-  smaller.
+  ``<= 2^-m |v| <= 2 alpha |v|``, so the error is at most ``2^-m (E|X_a| + E|X_b|)`` and usually
+  far smaller.
 
-Bucket keys are computed with ``log`` in the input's precision (float32 for float32 and half
-inputs, float64 for float64): a value within about one ulp of an edge may land in the neighbouring
-bucket, which adds about ``1e-7`` (float32) to the relative error bounds above and never affects
-merge == one-shot equality (the same value always lands in the same bucket).
+Moments. float64 inputs (and integer inputs, converted to float64) are summarised with two
+float64 passes per chunk (mean, then central sums) and merged with the exact formulas of
+:func:`_merge_moments`: mean, variance, skewness and kurtosis agree with numpy/scipy in float64 to
+about ``1e-12`` relative. float32 inputs (and half/bfloat16, converted exactly to float32) of a
+scalar summary use a faster path without a float64 copy: the values are shifted by a float32
+reference ``r`` (the batch mean rounded to float32, so ``x - r`` is exact for most values and
+otherwise rounded once) and, when the batch's range is outside ``[2^-24, 2^24]``, scaled by a
+power of two; the power sums ``S_p = sum (x - r)^p``, ``p = 1..4``, are accumulated in float32
+(torch's cascade summation, in blocks whose partial sums are added in float64) and converted to
+central sums in float64 with the exact identities
+``M2 = S2 - S1^2/n``, ``M3 = S3 - 3 S1 S2/n + 2 S1^3/n^2``,
+``M4 = S4 - 4 S1 S3/n + 6 S1^2 S2/n^2 - 3 S1^4/n^3``. Guarantee (tested on normal, uniform,
+lognormal, zero-inflated, all-negative and offset data, mean 1e3 / std 1, up to 3e6 values):
+mean within ``1e-6 std`` of the float64 mean of the same float32 values, variance and std within
+``1e-6`` relative, skewness and excess kurtosis within ``1e-5`` absolute (typical errors are
+10-100 times smaller). Batches holding NaN or Inf, per-channel summaries and batches whose spread
+is outside ``[1e-30, 1e30]`` take the float64 path. min and max are always exact.
 
 Distributed use: :func:`pack` puts any number of summaries into one flat float64 tensor (padded
 to a fixed length if asked), so they can be exchanged with a single ``all_gather``;
@@ -57,6 +85,7 @@ to a fixed length if asked), so they can be exchanged with a single ``all_gather
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -110,9 +139,19 @@ _QUANTILE_COLUMNS: dict[str, float] = {
 # Elements per chunk in `update`: big enough to amortise Python overhead, small enough that the
 # float64 temporaries stay in cache and are reused by the allocator instead of page-faulted anew.
 _CHUNK_ELEMENTS = 1 << 20
+# Elements per block of the float32 moment path: two float32 temporaries of this size stay in cache.
+_BLOCK32 = 1 << 18
 
 _STATE_FORMAT = "nndist.stats.Summary"
-_STATE_VERSION = 1
+# 2: log-linear buckets from the float bit pattern (version 1 had ceil(log_gamma |v|) keys).
+_STATE_VERSION = 2
+# Smallest min_abs: float32's smallest normal number, so that every key >= key(min_abs) is log-linear.
+_MIN_ABS_FLOOR = 2.0**-126
+# Largest mantissa bits: float32 has 23.
+_MAX_MANTISSA_BITS = 23
+# Little-endian machines keep the high half (sign, exponent, top 7 mantissa bits) of a float32 in
+# the second int16 of its 4 bytes.
+_HI16 = 1 if sys.byteorder == "little" else 0
 # Leading marker of each packed summary, to catch a tensor that is not a pack.
 _PACK_MAGIC = 20240917.0
 _PACK_HEADER = 9  # magic, version, channels (-1 for scalar), alpha, min_abs, neg_off, Kn, pos_off, Kp
@@ -213,6 +252,28 @@ def _store_add(off: int, arr: np.ndarray, boff: int, barr: np.ndarray) -> tuple[
     return off, arr
 
 
+def _store_add_sparse(
+    off: int, arr: np.ndarray, ch: np.ndarray, keys: np.ndarray, counts: np.ndarray
+) -> tuple[int, np.ndarray]:
+    """Adds ``counts`` at distinct (channel ``ch``, key ``keys``) cells into ``arr`` (keys from ``off``).
+
+    Like :func:`_store_add`, growing ``arr`` to cover the keys; ``arr`` may be modified in place.
+    """
+    if keys.size == 0:
+        return off, arr
+    lo, hi = int(keys.min()), int(keys.max()) + 1
+    if arr.shape[1] == 0:
+        arr, off = np.zeros((arr.shape[0], hi - lo), dtype=np.int64), lo
+    elif lo < off or hi > off + arr.shape[1]:
+        nlo, nhi = min(lo, off), max(hi, off + arr.shape[1])
+        grown = np.zeros((arr.shape[0], nhi - nlo), dtype=np.int64)
+        grown[:, off - nlo : off - nlo + arr.shape[1]] = arr
+        arr, off = grown, nlo
+    flat = arr.reshape(-1)  # a view: arr is C-contiguous
+    flat[ch * arr.shape[1] + (keys - off)] += counts  # (ch, key) pairs are distinct: no lost updates
+    return off, arr
+
+
 def _as_tensor(x: Any) -> torch.Tensor:
     """Converts an input to a real floating tensor without copying where possible."""
     if isinstance(x, torch.Tensor):
@@ -229,6 +290,34 @@ def _as_tensor(x: Any) -> torch.Tensor:
     if t.is_floating_point():
         return t.float()  # half/bfloat16: float32 holds them exactly
     return t.double()  # ints and bools: float64 holds int32 exactly
+
+
+def _mantissa_bits(alpha: float) -> int:
+    """Smallest m with ``1 / (2^(m+1) + 1) <= alpha``: the bucket relative error bound."""
+    m = 0
+    while 1.0 / (2.0 ** (m + 1) + 1.0) > alpha:
+        m += 1
+    return m
+
+
+def _key_of(value: float, m: int) -> int:
+    """Bucket key of ``|value|`` (finite, non-zero) from its float64 bits, see the module docstring."""
+    bits = int(np.array(abs(value), dtype=np.float64).view(np.int64))
+    return (bits >> (52 - m)) - ((1023 - 127) << m)
+
+
+def _key_edges(k: np.ndarray, m: int) -> np.ndarray:
+    """Lower edge ``E_k`` of keys ``k`` (>= 2^m), exactly, as float64."""
+    k = np.asarray(k, dtype=np.int64)
+    return np.ldexp((1 << m) + (k & ((1 << m) - 1)), (k >> m) - 127 - m).astype(np.float64)
+
+
+def _ordered_key(value: float, m: int) -> int:
+    """``key`` for value >= 0 and ``-1 - key`` below: monotone in value (unused sign of zero aside)."""
+    if value == 0.0:
+        return 0
+    k = _key_of(value, m)
+    return k if value > 0 else -1 - k
 
 
 class Summary:
@@ -274,12 +363,25 @@ class Summary:
         min_abs = float(min_abs)
         if not (min_abs > 0.0 and math.isfinite(min_abs)):
             raise SummaryError(f"min_abs must be positive and finite, got {min_abs!r}")
+        if min_abs < _MIN_ABS_FLOOR:
+            raise SummaryError(
+                f"min_abs must be >= 2**-126 = {_MIN_ABS_FLOOR:.6g} (float32's smallest normal number), "
+                f"got {min_abs!r}"
+            )
+        m = _mantissa_bits(alpha)
+        if m > _MAX_MANTISSA_BITS:
+            raise SummaryError(
+                f"relative_accuracy must be >= 1/(2**24 + 1) = {1 / (2.0**24 + 1):.6g} (float32 "
+                f"resolution), got {relative_accuracy!r}"
+            )
         self._channels = None if channels is None else int(channels)
         self._alpha = alpha
         self._min_abs = min_abs
-        self._gamma = (1.0 + alpha) / (1.0 - alpha)
-        self._ln_gamma = math.log1p(2.0 * alpha / (1.0 - alpha))  # log(gamma) without rounding gamma
-        self._key0 = math.ceil(math.log(min_abs) / self._ln_gamma)
+        self._m = m
+        self._gamma = 1.0 + 2.0**-m
+        self._key0 = _key_of(min_abs, m)
+        # min_abs lies strictly inside bucket key0: that bucket's values below it go to zero
+        self._straddle = float(_key_edges(self._key0, m)) < min_abs
         c = self._c
         self._n = np.zeros(c, dtype=np.int64)
         self._nan = np.zeros(c, dtype=np.int64)
@@ -319,8 +421,18 @@ class Summary:
 
     @property
     def gamma(self) -> float:
-        """Ratio of consecutive bucket edges, ``(1 + alpha) / (1 - alpha)``."""
+        """Largest ratio of consecutive bucket edges, ``1 + 2^-m`` (see the module docstring)."""
         return self._gamma
+
+    @property
+    def mantissa_bits(self) -> int:
+        """``m``: buckets split each octave into ``2^m`` equal parts."""
+        return self._m
+
+    @property
+    def bucket_accuracy(self) -> float:
+        """Guaranteed relative error of :meth:`quantile`, ``1 / (2^(m+1) + 1) <= relative_accuracy``."""
+        return 1.0 / (2.0 ** (self._m + 1) + 1.0)
 
     def __repr__(self) -> str:
         ch = "" if self._channels is None else f"channels={self._channels}, "
@@ -332,9 +444,11 @@ class Summary:
         """Adds the values of ``x`` to the summary.
 
         The per-element work (moments of the batch, bucket keys, bincount) runs in torch on the
-        tensor's device; only the small per-batch results come back to the CPU state. The batch's
-        moments are computed in float64 in two passes (mean, then central sums) and merged into
-        the running state with the formulas of :func:`_merge_moments`.
+        tensor's device; only the small per-batch results come back to the CPU state, merged into
+        the running state with the formulas of :func:`_merge_moments`. A finite float32 batch of a
+        scalar summary takes the fast path (float32 shifted power sums, one bincount over the
+        whole key space of the float32 high halves); everything else (float64, per-channel, NaN
+        or Inf present) the float64 path; see the module docstring for the accuracy of each.
 
         Args:
             x: torch tensor (any float dtype, any device), numpy array or nested sequence. For
@@ -349,6 +463,14 @@ class Summary:
         """
         t = _as_tensor(x)
         if self._channels is None:
+            t = t.reshape(-1)
+            if t.numel() == 0:
+                return self
+            lo_t, hi_t = torch.aminmax(t)
+            lo, hi = torch.stack([lo_t, hi_t]).tolist()  # the one sync; NaN propagates, Inf shows
+            if t.dtype == torch.float32 and math.isfinite(lo) and math.isfinite(hi):
+                if self._update_fast32(t, lo, hi):
+                    return self
             t = t.reshape(-1, 1)
         elif t.ndim != 2 or t.shape[1] != self._channels:
             raise SummaryError(
@@ -360,8 +482,101 @@ class Summary:
             self._update_chunk(t[start : start + rows])
         return self
 
+    # .................................................................. float32 fast path
+    def _update_fast32(self, x: torch.Tensor, lo: float, hi: float) -> bool:
+        """Scalar summary, finite float32 ``x`` (1-D, non-empty) with exact extremes lo, hi.
+
+        Returns False (having changed nothing) when the batch needs the float64 path: a spread
+        outside [1e-30, 1e30], where float32 power sums could overflow or lose everything.
+        """
+        n = x.numel()
+        spread = hi - lo
+        if spread != 0.0 and not 1e-30 <= spread <= 1e30:
+            return False
+        if spread == 0.0:
+            sums = (lo, 0.0, 0.0, 0.0)
+        else:
+            sums = self._moments32(x, lo, hi, spread)
+        self._merge_batch(np.array([n]), *(np.array([v]) for v in sums), np.array([lo]), np.array([hi]))
+        if self._m <= 6:
+            self._sketch_fast32(x)
+        else:
+            self._sketch_general(x.reshape(-1, 1), None, lo, hi)
+        return True
+
+    @staticmethod
+    def _moments32(x: torch.Tensor, lo: float, hi: float, spread: float) -> tuple[float, ...]:
+        """(mean, M2, M3, M4) of finite float32 ``x`` via shifted float32 power sums."""
+        n = x.numel()
+        # reference: the float32 mean, kept in [lo, hi] so that |x - ref| <= spread
+        ref = (x.sum() / n).clamp_(lo, hi)
+        # a power-of-two scale (exact) keeps (x - ref)^4 far from float32 overflow and underflow
+        scale = 1.0 if 2.0**-24 <= spread <= 2.0**24 else math.ldexp(1.0, -math.frexp(spread)[1])
+        block = min(n, _BLOCK32)
+        d = torch.empty(block, dtype=torch.float32, device=x.device)
+        d2 = torch.empty(block, dtype=torch.float32, device=x.device)
+        parts = []
+        for start in range(0, n, block):
+            c = x[start : start + block]
+            dd, dd2 = d[: c.numel()], d2[: c.numel()]
+            torch.sub(c, ref, out=dd)
+            if scale != 1.0:
+                dd.mul_(scale)
+            s1 = dd.sum()
+            torch.mul(dd, dd, out=dd2)
+            s2 = dd2.sum()
+            s3 = dd.mul_(dd2).sum()
+            s4 = dd2.mul_(dd2).sum()
+            parts.append(torch.stack([s1, s2, s3, s4, ref]))
+        tot = torch.stack(parts).to(torch.float64)
+        s1, s2, s3, s4 = tot[:, :4].sum(0).tolist()
+        r = float(tot[0, 4])
+        inv = 1.0 / scale
+        s1, s2, s3, s4 = s1 * inv, s2 * inv**2, s3 * inv**3, s4 * inv**4
+        mean = r + s1 / n
+        m2 = s2 - s1 * s1 / n
+        m3 = s3 - 3.0 * s1 * s2 / n + 2.0 * s1**3 / n**2
+        m4 = s4 - 4.0 * s1 * s3 / n + 6.0 * s1 * s1 * s2 / n**2 - 3.0 * s1**4 / n**3
+        return mean, max(m2, 0.0), m3, max(m4, 0.0)
+
+    def _sketch_fast32(self, x: torch.Tensor) -> None:
+        """Bucket counts of finite float32 ``x`` (1-D) with one bincount over all 2^(9+m) keys.
+
+        The high int16 of a float32 is sign, exponent and the top 7 mantissa bits, so an
+        arithmetic shift by 7 - m gives the signed key; masking to 9 + m bits puts positive keys
+        at [0, 2^(8+m)) and negative ones at 2^(8+m) + key.
+        """
+        m = self._m
+        half = 1 << (8 + m)
+        if x.stride(0) != 1:
+            x = x.contiguous()
+        k = x.view(torch.int16)[_HI16::2].contiguous()
+        if m < 7:
+            k >>= 7 - m
+        k &= 2 * half - 1
+        counts = torch.bincount(k, minlength=2 * half).cpu().numpy()
+        pos, neg = counts[:half], counts[half:]
+        k0 = self._key0
+        zero = pos[:k0].sum() + neg[:k0].sum()
+        self._add_sketch(
+            x.reshape(-1, 1),
+            k0, pos[None, k0:].astype(np.int64),
+            k0, neg[None, k0:].astype(np.int64),
+            np.array([zero], dtype=np.int64),
+        )
+
+    # .................................................................. general path
+    def _merge_batch(self, nb: np.ndarray, mean, m2, m3, m4, lo, hi) -> None:  # noqa: ANN001
+        """Merges a batch's (C,) count, moments and extremes into the state."""
+        merged = _merge_moments(self._n, (self._mean, self._m2, self._m3, self._m4), nb, (mean, m2, m3, m4))
+        self._mean, self._m2, self._m3, self._m4 = merged
+        self._n = self._n + nb
+        has = nb > 0
+        self._min = np.where(has, np.minimum(self._min, lo), self._min)
+        self._max = np.where(has, np.maximum(self._max, hi), self._max)
+
     def _update_chunk(self, x: torch.Tensor) -> None:
-        """Digests one (N, C) chunk; see :meth:`update`."""
+        """Digests one (N, C) chunk on the float64 path; see :meth:`update`."""
         c = self._c
         # aminmax is the cheapest full pass and doubles as the finiteness check: NaN propagates
         # and infinities show up as extremes.
@@ -401,46 +616,113 @@ class Summary:
             [mean.reshape(1, c), sums, lo.to(torch.float64).reshape(1, c), hi.to(torch.float64).reshape(1, c)]
         ).cpu().numpy()
         nb_np = nb.numpy().astype(np.int64)
-        merged = _merge_moments(
-            self._n, (self._mean, self._m2, self._m3, self._m4), nb_np, tuple(small[:4])
-        )
-        self._mean, self._m2, self._m3, self._m4 = merged
-        self._n = self._n + nb_np
+        self._merge_batch(nb_np, *small)
         has = nb_np > 0
-        self._min = np.where(has, np.minimum(self._min, small[4]), self._min)
-        self._max = np.where(has, np.maximum(self._max, small[5]), self._max)
-        self._sketch_chunk(x, finite)
+        if has.any():  # else nothing finite: no bucket to fill
+            self._sketch_general(x, finite, float(small[4][has].min()), float(small[5][has].max()))
 
-    def _sketch_chunk(self, x: torch.Tensor, finite: torch.Tensor | None) -> None:
-        """Adds one (N, C) chunk to the bucket stores with one bincount."""
-        c = self._c
-        a = x.abs()
-        big = a >= self._min_abs  # False for NaN
+    def _sketch_general(self, x: torch.Tensor, finite: torch.Tensor | None, lo: float, hi: float) -> None:
+        """Adds one (N, C) chunk to the bucket stores with one bincount over its key range.
+
+        ``lo`` and ``hi`` are the smallest and largest finite values of the chunk (all channels).
+        """
+        c, m = self._c, self._m
+        k0 = self._key0
+        if x.dtype == torch.float32:
+            bits = x.view(torch.int32)
+            mk = (bits & 0x7FFFFFFF) >> (23 - m)
+        else:
+            x = x.to(torch.float64)
+            bits = x.view(torch.int64)
+            mk = ((bits & 0x7FFFFFFFFFFFFFFF) >> (52 - m)) - ((1023 - 127) << m)
+        big = mk >= k0
         if finite is not None:
             big &= finite
-        if not bool(big.any()):
-            zero = (~big) if finite is None else (finite & ~big)
+        kmax = max(_key_of(v, m) if v != 0.0 else k0 - 1 for v in (lo, hi))
+        if kmax < k0:  # every finite value is in the zero bucket
+            zero = big.logical_not_()
+            if finite is not None:
+                zero &= finite
             self._zero += zero.sum(0).cpu().numpy()
             return
-        # log in the input precision (see module docstring); clamping keeps log finite and the
-        # key of min_abs itself consistent with self._key0 whatever the libm rounding.
-        keys = torch.log(a.clamp_(min=self._min_abs)).mul_(1.0 / self._ln_gamma).ceil_()
-        keys = torch.where(big, keys, float(self._key0)).to(torch.int64).clamp_(min=self._key0)
-        kmin = int(torch.where(big, keys, keys.max()).min())
-        kmax = int(keys.max())
+        kmin = int(torch.where(big, mk, kmax).min())
         k = kmax - kmin + 1
         width = 2 * k + 1  # per channel: [negative keys | positive keys | zero bucket]
-        idx = torch.where(x > 0, keys + (k - kmin), keys - kmin)
+        idx = mk - kmin
+        idx = torch.where(bits < 0, idx, idx + k)
         idx = torch.where(big, idx, 2 * k)
         if c > 1:
-            idx += torch.arange(c, device=x.device, dtype=torch.int64) * width
+            idx += torch.arange(c, device=x.device, dtype=idx.dtype) * width
         if finite is not None:
             idx = torch.where(finite, idx, c * width)  # non-finite values go to a discarded bin
+        if c > 1 and c * width > 4 * idx.numel():
+            self._sketch_sparse(x, idx.reshape(-1), c, k, kmin)
+            return
         counts = torch.bincount(idx.reshape(-1), minlength=c * width + 1)[: c * width]
         counts = counts.reshape(c, width).cpu().numpy().astype(np.int64)
-        self._neg_off, self._neg = _store_add(self._neg_off, self._neg, kmin, counts[:, :k])
-        self._pos_off, self._pos = _store_add(self._pos_off, self._pos, kmin, counts[:, k : 2 * k])
-        self._zero += counts[:, 2 * k]
+        self._add_sketch(x, kmin, counts[:, k : 2 * k], kmin, counts[:, :k], counts[:, 2 * k])
+
+    def _sketch_sparse(self, x: torch.Tensor, idx: torch.Tensor, c: int, k: int, kmin: int) -> None:
+        """Per-channel counts from the distinct (channel, bucket) indices of a chunk.
+
+        Used when the dense ``C x (2k + 1)`` index space is much larger than the chunk (many
+        channels, few rows, values spread over many octaves): only the buckets hit are touched.
+        """
+        width = 2 * k + 1
+        u, cnt = torch.unique(idx, return_counts=True)
+        u = u.cpu().numpy().astype(np.int64)
+        cnt = cnt.cpu().numpy().astype(np.int64)
+        keep = u < c * width  # drop the non-finite bin
+        ch, col = np.divmod(u[keep], width)
+        cnt = cnt[keep]
+        z = col == 2 * k
+        zero = np.bincount(ch[z], weights=cnt[z], minlength=c).astype(np.int64)  # exact below 2^53
+        neg = col < k
+        pos = ~neg & ~z
+        empty = np.zeros((c, 0), dtype=np.int64)
+        self._neg_off, self._neg = _store_add_sparse(self._neg_off, self._neg, ch[neg], kmin + col[neg], cnt[neg])
+        self._pos_off, self._pos = _store_add_sparse(
+            self._pos_off, self._pos, ch[pos], kmin + col[pos] - k, cnt[pos]
+        )
+        # straddle correction on the state itself: the batch's own bucket-key0 counts are in it
+        hit = bool(np.any(kmin + col[neg] == self._key0) or np.any(kmin + col[pos] - k == self._key0))
+        self._add_sketch(x, 0, empty, 0, empty, zero, straddle_hit=hit)
+
+    def _add_sketch(
+        self,
+        x: torch.Tensor,
+        pos_off: int,
+        pos: np.ndarray,
+        neg_off: int,
+        neg: np.ndarray,
+        zero: np.ndarray,
+        straddle_hit: bool = False,
+    ) -> None:
+        """Adds a batch's (C, K) bucket counts (keys >= key0 only) and zero counts to the stores.
+
+        Keys are exact, so only bucket key0 can hold values below ``min_abs`` (when ``min_abs``
+        is not itself an edge); those are counted again exactly and moved to the zero bucket.
+        """
+        k0 = self._key0
+        mp = mn = None
+        if self._straddle:
+            jp, jn = k0 - pos_off, k0 - neg_off
+            hit = straddle_hit
+            hit = hit or (0 <= jp < pos.shape[1] and pos[:, jp].any())
+            hit = hit or (0 <= jn < neg.shape[1] and neg[:, jn].any())
+            if hit:
+                a = x.to(torch.float64).abs()
+                low = (a >= float(_key_edges(k0, self._m))) & (a < self._min_abs)  # False for NaN
+                mp = (low & (x > 0)).sum(0).cpu().numpy().astype(np.int64)
+                mn = (low & (x < 0)).sum(0).cpu().numpy().astype(np.int64)
+                zero = zero + mp + mn
+        self._neg_off, self._neg = _store_add(self._neg_off, self._neg, neg_off, neg)
+        self._pos_off, self._pos = _store_add(self._pos_off, self._pos, pos_off, pos)
+        self._zero = self._zero + zero
+        # the moved values were counted in bucket key0 (now in the state, which covers it)
+        for moved, off, arr in ((mp, self._pos_off, self._pos), (mn, self._neg_off, self._neg)):
+            if moved is not None and moved.any():
+                arr[:, k0 - off] -= moved
 
     # ------------------------------------------------------------------ merge, copy, state
     def _check_compatible(self, other: Summary, what: str = "merge") -> None:
@@ -542,10 +824,15 @@ class Summary:
         Raises:
             SummaryError: if the dict is not a summary state or its arrays have wrong shapes.
         """
-        if state.get("format") != _STATE_FORMAT or state.get("version") != _STATE_VERSION:
+        if state.get("format") != _STATE_FORMAT:
             raise SummaryError(
                 f"not a Summary state (format={state.get('format')!r}, version={state.get('version')!r}); "
                 f"expected format {_STATE_FORMAT!r} version {_STATE_VERSION}"
+            )
+        if state.get("version") != _STATE_VERSION:
+            raise SummaryError(
+                f"Summary state version {state.get('version')!r} is not supported: this nndist reads "
+                f"version {_STATE_VERSION} only (the bucket layout changed); recompute the summary"
             )
         s = cls(state["channels"], relative_accuracy=state["relative_accuracy"], min_abs=state["min_abs"])
         c = s._c
@@ -703,17 +990,23 @@ class Summary:
         return lo + int(cols[0]), dense[:, cols[0] : cols[-1] + 1]
 
     def _edge(self, j: np.ndarray) -> np.ndarray:
-        """Edge e_j between positions j and j+1 (see module docstring), float64."""
+        """Edge e_j between positions j and j+1 (see module docstring), float64, exact."""
         j = np.asarray(j, dtype=np.int64)
         aj = np.where(j >= 0, j, -j - 1)
-        mag = np.where(aj == 0, self._min_abs, np.exp((aj + self._key0 - 1) * self._ln_gamma))
+        mag = np.where(aj == 0, self._min_abs, _key_edges(aj + self._key0, self._m))
         return np.where(j >= 0, mag, -mag)
 
     def _representative(self, p: np.ndarray) -> np.ndarray:
-        """Value reported for bucket position p: ``±2 gamma^k / (gamma + 1)``, 0 for the zero bucket."""
+        """Value reported for bucket position p: ``±2 lo hi / (lo + hi)`` of its edges, 0 for zero.
+
+        That point is within relative error ``(hi - lo) / (hi + lo) <= 1 / (2^(m+1) + 1)`` of
+        every value in ``[lo, hi]``, the smallest possible worst case.
+        """
         p = np.asarray(p, dtype=np.int64)
         ap = np.abs(p)
-        mag = np.exp((ap + self._key0 - 1) * self._ln_gamma) * (2.0 / (self._gamma + 1.0))
+        lo = np.abs(self._edge(ap - 1))
+        hi = np.abs(self._edge(ap))
+        mag = 2.0 * lo * hi / (lo + hi)
         return np.where(p == 0, 0.0, np.sign(p) * mag)
 
     def _edges_cdf(self, p_lo: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -765,9 +1058,9 @@ class Summary:
         """Quantiles from the sketch.
 
         The bucket holding rank ``q (n - 1)`` (0-based, i.e. the order statistic
-        ``x_(floor(q (n-1)))``) is found and its representative ``±2 gamma^k / (gamma + 1)``
-        returned, clipped to the exact [min, max]. The result is within relative error
-        ``alpha`` of that order statistic (within ``min_abs`` absolute in the zero bucket); ``q=0``
+        ``x_(floor(q (n-1)))``) is found and its representative ``±2 lo hi / (lo + hi)`` (lo, hi
+        its edges) returned, clipped to the exact [min, max]. The result is within relative error
+        :attr:`bucket_accuracy` ``= 1 / (2^(m+1) + 1) <= alpha`` of that order statistic (within ``min_abs`` absolute in the zero bucket); ``q=0``
         and ``q=1`` give min and max exactly.
 
         Args:
@@ -857,7 +1150,7 @@ class Summary:
         Accuracy: a lower bound of the exact statistic (``scipy.stats.kstest(x, 'norm',
         args=(mean, std))``); the exact value is at most this plus the largest mass (of the data
         or of the normal) in one bucket. With ``alpha = 0.01`` and data of mean 0 that mass is
-        about ``2 alpha |x| phi(x) <= 0.005``; data far from 0 relative to its spread (mean 1e3,
+        about ``2^-m |x| phi(x) <= 0.004``; data far from 0 relative to its spread (mean 1e3,
         std 1) falls into a few wide buckets and the value is then meaningless:
         :meth:`ks_normal_bounds` shows the bracket.
 
@@ -941,8 +1234,9 @@ def wasserstein(a: Summary, b: Summary) -> np.ndarray | np.float64:
 
     Both CDFs are taken linear inside each bucket of the shared global edges (values spread
     uniformly in their bucket) and ``|F_a - F_b|`` is integrated exactly under that model. Each
-    value then sits at most one bucket width ``~ 2 alpha |v|`` from where it really is, so the
-    error is at most ``2 alpha (E|X_a| + E|X_b|)``; in practice errors largely cancel and the
+    value then sits at most one bucket width ``<= 2^-m |v|`` (``m`` mantissa bits, see the module
+    docstring; ``2^-m <= 2 alpha``) from where it really is, so the error is at most
+    ``2^-m (E|X_a| + E|X_b|)``; in practice errors largely cancel and the
     result is within a fraction of a percent of ``scipy.stats.wasserstein_distance`` unless the
     two distributions are much closer to each other than to 0.
 

@@ -13,7 +13,7 @@ EXAMPLES = """examples:
 """
 
 #: Columns printed on the terminal; --out gets every column.
-SHOWN = ("layer", "param", "shape", "n", "mean", "std", "min", "max", "skew", "kurtosis", "ks_normal")
+SHOWN = ("layer", "param", "shape", "n", "mean", "std", "min", "max", "skew", "kurtosis", "ks_normal", "nonfinite")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -87,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{info['name']}: {sum(int(p.numel()) for p in model.parameters()):,} parameters from {source}")
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
         print(table[[c for c in SHOWN if c in table.columns]].to_string(index=False))
+    if "nonfinite" in table.columns and (table["nonfinite"] > 0).any():
+        bad = table[table["nonfinite"] > 0]
+        listed = ", ".join(f"{r.layer}.{r.param} ({int(r.nonfinite)})" for r in bad.itertuples())
+        print(f"warning: {int(bad['nonfinite'].sum())} non-finite (NaN or Inf) value(s) in: {listed}; "
+              "the other columns of these rows summarise the finite values")
     if args.out is not None:
         print(f"wrote {args.out}")
     return 0

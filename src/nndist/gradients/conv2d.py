@@ -92,16 +92,25 @@ def _axis(n_in: int, n_out: int, k: int, s: int, d: int, pad: int) -> _Axis:
 
 @dataclass(frozen=True)
 class _Plan:
-    """Everything about a layer's geometry that does not depend on the data (cached)."""
+    """Everything about a layer's geometry that does not depend on the data (cached).
+
+    ``Gamma = features @ mix``: the features of one (sample, channel) are the full
+    autocorrelation at every lag, then the border-row and border-column correlations and the
+    corner products that the crop removes; ``mix`` (``F x T``) adds them with the right signs.
+    """
 
     h: _Axis
     w: _Axis
     tap_a: Tensor  # (T,) first tap of each oriented pair (flat index th*K2 + tw)
     tap_b: Tensor  # (T,) second tap
     coef: Tensor  # (T,) 1 on the diagonal, 2 off it
-    lag: Tensor  # (T,) flat index into the (n_lag_h, n_lag_w) lag grid
-    ex_h: Tensor  # (len(border_h), T) row r is cropped for the pair's first tap
-    ex_w: Tensor  # (len(border_w), T)
+    mix: Tensor  # (F, T)
+    row_a: Tensor  # (R,) border row r of each row correlation ...
+    row_b: Tensor  # (R,) ... correlated with row r + lag_h
+    col_a: Tensor  # (Cc,) border column c of each column correlation ...
+    col_b: Tensor  # (Cc,) ... correlated with column c + lag_w
+    corner_a: Tensor  # (P,) flat positions r*W2 + c ...
+    corner_b: Tensor  # (P,) ... times (r + lag_h)*W2 + c + lag_w
 
 
 @lru_cache(maxsize=256)
@@ -114,96 +123,101 @@ def _plan(
     pad: tuple[int, int],
 ) -> _Plan:
     (k1, k2), (sh, sw), (dh, dw) = kernel, stride, dilation
-    ah = _axis(in_hw[0], out_hw[0], k1, sh, dh, pad[0])
-    aw = _axis(in_hw[1], out_hw[1], k2, sw, dw, pad[1])
-    n_lag_w = 2 * aw.max_lag // aw.step + 1
-    tap_a, tap_b, coef, lag, ex_h, ex_w = [], [], [], [], [], []
+    H, W = out_hw
+    ah = _axis(in_hw[0], H, k1, sh, dh, pad[0])
+    aw = _axis(in_hw[1], W, k2, sw, dw, pad[1])
+    n_lag_h, n_lag_w = 2 * ah.max_lag // ah.step + 1, 2 * aw.max_lag // aw.step + 1
     taps = [(th, tw) for th in range(k1) for tw in range(k2)]
+    pairs = []  # (a, b, coef, lag_h, lag_w), oriented so that lag_h >= 0
     for i, (th, tw) in enumerate(taps):
         for j in range(i, len(taps)):
             uh, uw = taps[j]
             if ((th - uh) * dh) % sh or ((tw - uw) * dw) % sw:
                 continue  # these taps never land on the same input position
             lag_h, lag_w = (th - uh) * dh // sh, (tw - uw) * dw // sw
-            a, b = (i, j)
-            if lag_h < 0 or (lag_h == 0 and lag_w < 0):  # orient so that lag_h >= 0
+            a, b = i, j
+            if lag_h < 0 or (lag_h == 0 and lag_w < 0):
                 a, b, lag_h, lag_w = j, i, -lag_h, -lag_w
-            tap_a.append(a)
-            tap_b.append(b)
-            coef.append(1.0 if i == j else 2.0)
-            lag.append((lag_h // ah.step) * n_lag_w + (lag_w + aw.max_lag) // aw.step)
-            ex_h.append([float(x) for x in ah.excluded[taps[a][0]]])
-            ex_w.append([float(x) for x in aw.excluded[taps[a][1]]])
-    T = len(tap_a)
+            pairs.append((a, b, 1.0 if i == j else 2.0, lag_h, lag_w))
+    # Which border correlations are needed (a term vanishes when the neighbour is off the grid).
+    row_keys: dict[tuple[int, int], int] = {}
+    col_keys: dict[tuple[int, int], int] = {}
+    corner_keys: dict[tuple[int, int, int, int], int] = {}
+    terms: list[list[tuple[str, object, float]]] = []
+    for a, _, _, lag_h, lag_w in pairs:
+        th, tw = taps[a]
+        t: list[tuple[str, object, float]] = [("full", (lag_h, lag_w), 1.0)]
+        rows = [r for k, r in enumerate(ah.border) if ah.excluded[th][k] and r + lag_h < H]
+        cols = [c for k, c in enumerate(aw.border) if aw.excluded[tw][k] and 0 <= c + lag_w < W]
+        for r in rows:
+            t.append(("row", row_keys.setdefault((r, lag_h), len(row_keys)), -1.0))
+        for c in cols:
+            t.append(("col", col_keys.setdefault((c, lag_w), len(col_keys)), -1.0))
+        for r in rows:
+            for c in cols:
+                t.append(("corner", corner_keys.setdefault((r, c, lag_h, lag_w), len(corner_keys)), 1.0))
+        terms.append(t)
+    n_full = n_lag_h * n_lag_w
+    off_row = n_full
+    off_col = off_row + len(row_keys) * n_lag_w
+    off_corner = off_col + len(col_keys) * n_lag_h
+    mix = torch.zeros(off_corner + len(corner_keys), len(pairs), dtype=torch.float64)
+    for p, ((_, _, _, lag_h, lag_w), t) in enumerate(zip(pairs, terms)):
+        ih, iw = (lag_h + ah.max_lag) // ah.step, (lag_w + aw.max_lag) // aw.step
+        for kind, key, sign in t:
+            if kind == "full":
+                f = ih * n_lag_w + iw
+            elif kind == "row":
+                f = off_row + key * n_lag_w + iw  # type: ignore[operator]
+            elif kind == "col":
+                f = off_col + key * n_lag_h + ih  # type: ignore[operator]
+            else:
+                f = off_corner + key  # type: ignore[operator]
+            mix[f, p] += sign
+    long = lambda xs: torch.tensor(list(xs), dtype=torch.long)  # noqa: E731
     return _Plan(
         h=ah,
         w=aw,
-        tap_a=torch.tensor(tap_a),
-        tap_b=torch.tensor(tap_b),
-        coef=torch.tensor(coef, dtype=torch.float64),
-        lag=torch.tensor(lag),
-        ex_h=torch.tensor(ex_h, dtype=torch.float64).reshape(T, -1).T.contiguous(),
-        ex_w=torch.tensor(ex_w, dtype=torch.float64).reshape(T, -1).T.contiguous(),
+        tap_a=long(p[0] for p in pairs),
+        tap_b=long(p[1] for p in pairs),
+        coef=torch.tensor([p[2] for p in pairs], dtype=torch.float64),
+        mix=mix,
+        row_a=long(r for r, _ in row_keys),
+        row_b=long(r + lh for r, lh in row_keys),
+        col_a=long(c for c, _ in col_keys),
+        col_b=long(c + lw for c, lw in col_keys),
+        corner_a=long(r * W + c for r, c, _, _ in corner_keys),
+        corner_b=long((r + lh) * W + c + lw for r, c, lh, lw in corner_keys),
     )
 
 
-def _rows_below(g: Tensor, rows: tuple[int, ...], n_lag: int) -> Tensor:
-    """Rows ``r .. r + n_lag - 1`` of ``g`` for each ``r`` in ``rows``, zero past the grid: ``(B, C, len(rows), n_lag, W)``."""
-    H = g.shape[2]
-    pieces = [F.pad(g[:, :, r : min(r + n_lag, H)], (0, 0, 0, max(0, r + n_lag - H))) for r in rows]
-    return torch.stack(pieces, 2)
-
-
-def _cols_around(g: Tensor, cols: tuple[int, ...], max_lag: int, pad_below: int) -> Tensor:
-    """Columns ``c - max_lag .. c + max_lag`` of ``g`` for each ``c`` (zero off the grid), with
-    ``pad_below`` zero rows appended: ``(B, C, len(cols), H + pad_below, 2*max_lag + 1)``."""
-    W = g.shape[3]
-    pieces = []
-    for c in cols:
-        lo, hi = c - max_lag, c + max_lag + 1
-        pieces.append(F.pad(g[:, :, :, max(lo, 0) : min(hi, W)], (max(0, -lo), max(0, hi - W), 0, pad_below)))
-    return torch.stack(pieces, 2)
-
-
-def _gram(g: Tensor, plan: _Plan) -> Tensor:
-    """``Gamma`` for every (sample, output channel) and oriented tap pair: ``(B, C_out, T)``."""
+def _features(g: Tensor, plan: _Plan) -> Tensor:
+    """The correlations that ``plan.mix`` combines into ``Gamma``: ``(B, C_out, F)``."""
     B, C, H, W = g.shape
     n = B * C
     ah, aw = plan.h, plan.w
     stride = (ah.step, aw.step)
-    n_half = ah.max_lag // ah.step + 1  # lags 0, step, ..., max_lag along H (pairs are oriented)
-    lag = plan.lag.to(g.device)  # (T,) index into the (n_half, n_lag_w) grid
+    dev = g.device
     # Full autocorrelation at every lag: a depthwise correlation of G with itself (G as kernel).
     full = F.conv2d(
         g.reshape(1, n, H, W), g.reshape(n, 1, H, W), stride=stride, padding=(ah.max_lag, aw.max_lag), groups=n
     )
-    gamma = full[:, :, n_half - 1 :].reshape(n, -1).index_select(1, lag)  # (n, T)
-    ex_h = plan.ex_h.to(device=g.device, dtype=g.dtype)  # (nr, T)
-    ex_w = plan.ex_w.to(device=g.device, dtype=g.dtype)  # (nc, T)
-    rows, cols = ah.border, aw.border
-    nr, nc = len(rows), len(cols)
-    if nr:
-        # Row_r(lag) = sum_ow G[r, ow] G[r + lag_h, ow + lag_w]: each border row correlated with
-        # the rows below it.
-        below = _rows_below(g, rows, ah.max_lag + 1)  # (B, C, nr, Lh+1, W)
-        kern = below[:, :, :, :1].reshape(n * nr, 1, 1, W)
-        row = F.conv2d(below.reshape(1, n * nr, -1, W), kern, stride=stride, padding=(0, aw.max_lag), groups=n * nr)
-        row = row.reshape(n, nr, -1).index_select(2, lag)  # (n, nr, T)
-        gamma = gamma - (row * ex_h).sum(1)
-    if nc:
-        around = _cols_around(g, cols, aw.max_lag, ah.max_lag)  # (B, C, nc, H + Lh, 2Lw+1)
-        kern = around[:, :, :, :H, aw.max_lag].reshape(n * nc, 1, H, 1)
-        col = F.conv2d(around.reshape(1, n * nc, H + ah.max_lag, -1), kern, stride=stride, groups=n * nc)
-        col = col.reshape(n, nc, -1).index_select(2, lag)  # (n, nc, T)
-        gamma = gamma - (col * ex_w).sum(1)
-    if nr and nc:
-        # Corner terms were subtracted twice: add G[r, c] G[(r, c) + lag] back.
-        below = F.pad(below[..., :: ah.step, :], (aw.max_lag, aw.max_lag))  # (B, C, nr, n_half, W + 2Lw)
-        near = torch.stack([below[..., c : c + 2 * aw.max_lag + 1 : aw.step] for c in cols], 3)
-        corner = near[:, :, :, :, :1, aw.max_lag // aw.step]  # (B, C, nr, nc, 1)
-        prod = (corner[..., None] * near).reshape(n, nr, nc, -1).index_select(3, lag)  # (n, nr, nc, T)
-        gamma = gamma + (prod * ex_h[:, None, :] * ex_w[None, :, :]).sum((1, 2))
-    return gamma.reshape(B, C, -1)
+    feats = [full.reshape(B, C, -1)]
+    R, Cc, P = len(plan.row_a), len(plan.col_a), len(plan.corner_a)
+    if R:  # sum_ow G[r, ow] G[r + lag_h, ow + lag_w] at every lag_w: 1-D correlations of rows
+        a = g.index_select(2, plan.row_a.to(dev)).reshape(n * R, 1, W)
+        b = g.index_select(2, plan.row_b.to(dev)).reshape(1, n * R, W)
+        row = F.conv1d(b, a, stride=aw.step, padding=aw.max_lag, groups=n * R)
+        feats.append(row.reshape(B, C, -1))
+    if Cc:  # sum_oh G[oh, c] G[oh + lag_h, c + lag_w] at every lag_h: 1-D correlations of columns
+        a = g.index_select(3, plan.col_a.to(dev)).transpose(2, 3).reshape(n * Cc, 1, H)
+        b = g.index_select(3, plan.col_b.to(dev)).transpose(2, 3).reshape(1, n * Cc, H)
+        col = F.conv1d(b, a, stride=ah.step, padding=ah.max_lag, groups=n * Cc)
+        feats.append(col.reshape(B, C, -1))
+    if P:
+        flat = g.reshape(B, C, H * W)
+        feats.append(flat.index_select(2, plan.corner_a.to(dev)) * flat.index_select(2, plan.corner_b.to(dev)))
+    return torch.cat(feats, 2) if len(feats) > 1 else feats[0]
 
 
 def _padding(module: nn.Conv2d) -> tuple[int, int]:
@@ -251,11 +265,14 @@ def conv2d_local_gradient_norms(
     k1, k2 = weight.shape[-2:]
     plan = _plan(tuple(input_hw), (H2, W2), (k1, k2), tuple(stride), tuple(dilation), tuple(padding))
     g = grad_output.contiguous()
-    gamma = _gram(g, plan).permute(1, 0, 2)  # (C_out, B, T)
-    w = weight.reshape(C_out, -1, k1 * k2).to(g.dtype)  # (C_out, C_in/g, K1K2)
-    coef = plan.coef.to(device=g.device, dtype=g.dtype)
-    ww = w[:, :, plan.tap_a.to(g.device)] * w[:, :, plan.tap_b.to(g.device)] * coef  # (C_out, C_in/g, T)
-    q = torch.bmm(gamma, ww.transpose(1, 2))  # (C_out, B, C_in/g)
+    dev, dt = g.device, g.dtype
+    feats = _features(g, plan).permute(1, 0, 2)  # (C_out, B, F)
+    w = weight.reshape(C_out, -1, k1 * k2).to(dt)  # (C_out, C_in/g, K1K2)
+    coef = plan.coef.to(device=dev, dtype=dt)
+    ww = w[:, :, plan.tap_a.to(dev)] * w[:, :, plan.tap_b.to(dev)] * coef  # (C_out, C_in/g, T)
+    # q = Gamma . ww with Gamma = feats @ mix, folded: feats @ (mix @ ww^T)
+    mixed = torch.matmul(plan.mix.to(device=dev, dtype=dt), ww.transpose(1, 2))  # (C_out, F, C_in/g)
+    q = torch.bmm(feats, mixed)  # (C_out, B, C_in/g)
     return q.clamp_min_(0).sqrt_()
 
 

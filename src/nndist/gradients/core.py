@@ -241,55 +241,121 @@ def _select(
 class _Call:
     name: str
     module: nn.Module
-    input: Tensor
-    output: Tensor
+    input: Tensor | None
+    output: Tensor | None  # kept by the slow path only
     version: int
 
 
-def _run(
+def _compute(call: _Call, grad: Tensor | None) -> LayerGradients:
+    if grad is None:
+        assert call.output is not None
+        grad = torch.zeros_like(call.output)
+    assert call.input is not None
+    res = HANDLERS.get(type(call.module))(call.module, call.input, grad)
+    return LayerGradients(res.emission.detach(), res.absorption.detach(), res.norm_sum.detach())
+
+
+def _add(results: dict[str, LayerGradients], name: str, res: LayerGradients) -> None:
+    results[name] = results[name] + res if name in results else res
+
+
+def _forward(
+    model: nn.Module, args: tuple[object, ...], chosen: dict[str, nn.Module], hook: Callable[..., object]
+) -> object:
+    handles = []
+    try:
+        for m in chosen.values():
+            handles.append(m.register_forward_hook(hook))
+        return model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run_streaming(
     model: nn.Module,
-    inputs: Inputs,
+    args: tuple[object, ...],
+    targets: Tensor | None,
+    loss: str | LossFn,
+    chosen: dict[str, nn.Module],
+    results: dict[str, LayerGradients],
+) -> set[str]:
+    """Fast path: each ``G`` is consumed by a tensor hook on ``V`` as the backward pass reaches it.
+
+    The backward is asked for the gradient of the (floating) model inputs only, so autograd
+    skips every weight gradient, and each ``G`` is freed as soon as its handler has run. Tensor
+    hooks see ``V``'s gradient even when the model later modifies ``V`` in place. Returns the names
+    of layers whose hook never fired (not on a path to an input): they need the slow path.
+    """
+    name_of = {id(m): n for n, m in chosen.items()}
+    calls: list[_Call] = []
+    fired: set[int] = set()
+    roots = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
+
+    def tensor_hook(i: int) -> Callable[[Tensor], None]:
+        def fn(grad: Tensor) -> None:
+            fired.add(i)
+            call = calls[i]
+            with torch.no_grad():
+                _add(results, call.name, _compute(call, grad))
+            call.input = None  # let the input go as soon as it is used
+
+        return fn
+
+    def hook(module: nn.Module, hargs: tuple[object, ...], output: object) -> object:
+        name = name_of[id(module)]
+        if not isinstance(output, Tensor):
+            raise NndistError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
+        a = hargs[0] if hargs and isinstance(hargs[0], Tensor) else output
+        v, replaced = output, False
+        if not v.requires_grad:  # frozen layer or integer input: make V a leaf so a graph exists
+            v, replaced = v.detach().requires_grad_(), True
+            roots.append(v)
+        # V itself is not kept: autograd frees it as the backward pass moves on
+        calls.append(_Call(name, module, a, None, 0))
+        v.register_hook(tensor_hook(len(calls) - 1))
+        return v if replaced else None
+
+    outputs = _forward(model, args, chosen, hook)
+    losses = _per_sample_loss(loss, outputs, targets, args[0].shape[0])  # type: ignore[union-attr]
+    if roots and losses.requires_grad:
+        torch.autograd.grad(losses.sum(), roots, allow_unused=True)
+    del outputs, losses
+    return {c.name for i, c in enumerate(calls) if i not in fired}
+
+
+def _run_all_grads(
+    model: nn.Module,
+    args: tuple[object, ...],
     targets: Tensor | None,
     loss: str | LossFn,
     chosen: dict[str, nn.Module],
     copy_outputs: bool,
 ) -> tuple[list[_Call], list[Tensor | None]] | None:
-    """One forward + ``autograd.grad``; ``None`` if a recorded output was modified in place."""
-    calls: list[_Call] = []
+    """Slow path: ``autograd.grad(loss, [V_1, ..., V_L])``; ``None`` if a ``V`` was modified in place."""
     name_of = {id(m): n for n, m in chosen.items()}
+    calls: list[_Call] = []
 
-    def hook(module: nn.Module, args: tuple[object, ...], output: object) -> object:
+    def hook(module: nn.Module, hargs: tuple[object, ...], output: object) -> object:
+        name = name_of[id(module)]
         if not isinstance(output, Tensor):
-            raise NndistError(f"layer {name_of[id(module)]!r} returned {type(output).__name__}, not a tensor")
-        a = args[0] if args and isinstance(args[0], Tensor) else output
-        v = output
-        replaced = False
+            raise NndistError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
+        a = hargs[0] if hargs and isinstance(hargs[0], Tensor) else output
+        v, replaced = output, False
         if not v.requires_grad:
-            v = v.detach().requires_grad_()
-            replaced = True
-        calls.append(_Call(name_of[id(module)], module, a, v, v._version))
-        if copy_outputs:
+            v, replaced = v.detach().requires_grad_(), True
+        calls.append(_Call(name, module, a, v, v._version))
+        if copy_outputs:  # in-place changes then hit the copy, not the recorded V
             return v.clone()
         return v if replaced else None
 
-    handles = []
-    try:
-        for m in chosen.values():
-            handles.append(m.register_forward_hook(hook))
-        args = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
-        outputs = model(*args)
-    finally:
-        for h in handles:
-            h.remove()
-    batch = args[0].shape[0]
-    losses = _per_sample_loss(loss, outputs, targets, batch)
-    if any(c.output._version != c.version for c in calls):
+    outputs = _forward(model, args, chosen, hook)
+    losses = _per_sample_loss(loss, outputs, targets, args[0].shape[0])  # type: ignore[union-attr]
+    if any(c.output is not None and c.output._version != c.version for c in calls):
         return None
-    if not calls:
-        return calls, []
-    if not losses.requires_grad:  # no studied layer influences the loss
+    if not calls or not losses.requires_grad:
         return calls, [None] * len(calls)
-    grads = torch.autograd.grad(losses.sum(), [c.output for c in calls], allow_unused=True)
+    grads = torch.autograd.grad(losses.sum(), [c.output for c in calls if c.output is not None], allow_unused=True)
     return calls, list(grads)
 
 
@@ -343,33 +409,41 @@ def emission_absorption(
         entry = HANDLERS._entry(type(m))
         if entry.check is not None:
             entry.check(name, m)
-    results = GradientResults(unsupported=unsupported)
+    results: dict[str, LayerGradients] = {}
     if not chosen:
-        return results
+        return GradientResults(unsupported=unsupported)
+    args: tuple[object, ...] = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    if not args or not isinstance(args[0], Tensor):
+        raise NndistError("inputs must be a tensor (B, ...) or a sequence of tensors whose first is batched")
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         with torch.enable_grad(), torch.inference_mode(False):
-            if isinstance(inputs, Tensor) and inputs.is_inference():
-                inputs = inputs.clone()
-            run = _run(model, inputs, targets, loss, chosen, copy_outputs=False)
-            if run is None:  # an output was modified in place: record copies instead
-                run = _run(model, inputs, targets, loss, chosen, copy_outputs=True)
-            assert run is not None
-            calls, grads = run
-            del run
-            with torch.no_grad():
-                for i, call in enumerate(calls):
-                    g = grads[i]
-                    grads[i] = None  # free each gradient as soon as it is used
-                    if g is None:
-                        g = torch.zeros_like(call.output)
-                    res = HANDLERS.get(type(call.module))(call.module, call.input, g)
-                    res = LayerGradients(res.emission.detach(), res.absorption.detach(), res.norm_sum.detach())
-                    results[call.name] = results[call.name] + res if call.name in results else res
-                    calls[i] = None  # type: ignore[call-overload]
+            # Inputs become fresh leaves that require grad: the backward pass then reaches every
+            # layer without computing any parameter gradient. User tensors are not modified.
+            args = tuple(
+                a.clone().requires_grad_() if isinstance(a, Tensor) and a.is_inference() and a.is_floating_point()
+                else a.detach().requires_grad_() if isinstance(a, Tensor) and a.is_floating_point()
+                else a.clone() if isinstance(a, Tensor) and a.is_inference()
+                else a
+                for a in args
+            )
+            missing = _run_streaming(model, args, targets, loss, chosen, results)
+            if missing:  # layers not on a path to an input: ask autograd for their G directly
+                rest = {n: chosen[n] for n in chosen if n in missing}
+                for n in rest:
+                    results.pop(n, None)
+                run = _run_all_grads(model, args, targets, loss, rest, copy_outputs=False)
+                if run is None:  # an output was modified in place: record copies instead
+                    run = _run_all_grads(model, args, targets, loss, rest, copy_outputs=True)
+                assert run is not None
+                calls, grads = run
+                del run
+                with torch.no_grad():
+                    for i, call in enumerate(calls):
+                        _add(results, call.name, _compute(call, grads[i]))
+                        grads[i] = None
     finally:
         for m, training in modes:
             m.training = training
-    ordered = GradientResults({n: results[n] for n in chosen if n in results}, unsupported=unsupported)
-    return ordered
+    return GradientResults({n: results[n] for n in chosen if n in results}, unsupported=unsupported)
