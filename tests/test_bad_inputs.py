@@ -338,7 +338,7 @@ def test_output_directory_not_writable(tmp_path: Path, capsys: pytest.CaptureFix
     out = blocker / "sub"
     cli_error(capsys, reproduce_argv("shapes", out), out, "not writable", "--out")
     cli_error(capsys, gradients_argv(out), out, "not writable", "--out")
-    cli_error(capsys, ["weights", "paper_cnn", "--out", blocker / "w.csv"], blocker / "w.csv", "--out")
+    cli_error(capsys, ["weights", "paper_cnn", "--out", blocker / "w.csv"], blocker / "w.csv", "choose another output path")
     assert blocker.read_text() == "a regular file\n"
     if os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"

@@ -77,7 +77,7 @@ def test_gradients_run_matches_api(tmp_path, paper_ckpt):
 
 
 def test_gradients_no_per_sample_and_layers(tmp_path, paper_ckpt):
-    run = run_gradients(config(paper_ckpt, per_sample=False, layers=("conv2", "fc1"), samples=40), tmp_path / "g", progress=False)
+    run = run_gradients(config(paper_ckpt, per_sample=False, layers=("conv2", "fc1"), samples=40), tmp_path / "g", progress=False, report=False)
     assert not (run / "per_sample").exists() or not list((run / "per_sample").glob("*.npy"))
     stats = pd.read_parquet(run / "gradients.parquet")
     assert set(stats["layer"]) == {"conv2", "fc1"}
@@ -85,7 +85,7 @@ def test_gradients_no_per_sample_and_layers(tmp_path, paper_ckpt):
 
 def test_gradients_resume_after_interruption(tmp_path, paper_ckpt, monkeypatch):
     cfg = config(paper_ckpt)
-    ref = run_gradients(cfg, tmp_path / "ref", progress=False)
+    ref = run_gradients(cfg, tmp_path / "ref", progress=False, report=False)
     original = GradientStudy._process
     calls = {"n": 0}
 
@@ -97,11 +97,11 @@ def test_gradients_resume_after_interruption(tmp_path, paper_ckpt, monkeypatch):
 
     monkeypatch.setattr(GradientStudy, "_process", flaky)
     with pytest.raises(KeyboardInterrupt):
-        run_gradients(cfg, tmp_path / "res", progress=False)
+        run_gradients(cfg, tmp_path / "res", progress=False, report=False)
     monkeypatch.setattr(GradientStudy, "_process", original)
     state = torch.load(tmp_path / "res" / "state" / "gradients.pt", weights_only=True)
     assert state["done"] == 2
-    res = run_gradients(cfg, tmp_path / "res", resume=True, progress=False)
+    res = run_gradients(cfg, tmp_path / "res", resume=True, progress=False, report=False)
     for layer in LAYERS:
         for stat in ("emission", "absorption"):
             a = np.load(ref / "per_sample" / f"{layer}.{stat}.npy")
@@ -130,7 +130,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, paper_ckpt):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     # 90 samples in batches of 16: 6 batches, uneven over 4 ranks, and the last batch is short.
     common = ["gradients", "--model", "paper_cnn", "--weights", str(paper_ckpt), "--data", "shapes", "--samples", "90",
-              "--batch-size", "16", "--device", "cpu", "--no-progress"]
+              "--batch-size", "16", "--device", "cpu", "--no-progress", "--no-report"]
     one = _torchrun([*common, "--out", str(tmp_path / "one")], 1, env)
     assert one.returncode == 0, one.stderr[-2000:]
     two = _torchrun([*common, "--out", str(tmp_path / "two")], 2, env)

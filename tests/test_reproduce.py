@@ -201,7 +201,7 @@ def test_one_run_diverging_leaves_others_training(tmp_path, monkeypatch):
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = tiny(inits=("orthogonal", "xavier_uniform"), epochs=2, checkpoint_every=3)
-    ref = run_reproduce(cfg, tmp_path / "ref", progress=False)
+    ref = run_reproduce(cfg, tmp_path / "ref", progress=False, report=False)
 
     calls = {"n": 0}
     original = StackedRuns.restore_frozen
@@ -214,9 +214,9 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(StackedRuns, "restore_frozen", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_reproduce(cfg, tmp_path / "res", progress=False)
+        run_reproduce(cfg, tmp_path / "res", progress=False, report=False)
     monkeypatch.setattr(StackedRuns, "restore_frozen", original)
-    res = run_reproduce(cfg, tmp_path / "res", resume=True, progress=False)
+    res = run_reproduce(cfg, tmp_path / "res", resume=True, progress=False, report=False)
     for init in ("orthogonal", "xavier_uniform"):
         a = load_file(ref / "checkpoints" / init / "after.safetensors")
         b = load_file(res / "checkpoints" / init / "after.safetensors")

@@ -260,7 +260,7 @@ class GradientStudy:
             self._fresh_state()
             self.done = done
 
-    def run(self, *, overwrite: bool = False, resume: bool = False) -> Path:
+    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True) -> Path:
         from tqdm.auto import tqdm
 
         from .distributed import barrier, broadcast_from_main, gather_to_main, rank_device, setup
@@ -319,15 +319,16 @@ class GradientStudy:
         self.timings["measure"] = time.perf_counter() - t1
         self.timings["samples_per_s"] = (n / self.timings["measure"]) if self.timings["measure"] > 0 else float("nan")
         if main:
-            self._write_outputs()
-            from .reproduce import finish_run_directory
+            self._write_outputs(figures=report)
+            if report:
+                from .reproduce import finish_run_directory
 
-            finish_run_directory(self.out)
+                finish_run_directory(self.out)
             write_json(self.out / "manifest.json", self._manifest(True))
         barrier(self.dist)
         return self.out
 
-    def _write_outputs(self) -> None:
+    def _write_outputs(self, figures: bool = True) -> None:
         rows = []
         for (name, stat), s in self.summaries.items():
             for channel, row in enumerate(s.rows()):
@@ -346,12 +347,21 @@ class GradientStudy:
         with atomic_path(self.out / "channel_norms.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{name: m / n for name, m in self.norm_sum.items()})
-        from .figures_gradients import write_gradient_figures
+        if figures:
+            from .figures_gradients import write_gradient_figures
 
-        write_gradient_figures(self.out)
+            write_gradient_figures(self.out)
 
 
-def run_gradients(config: GradientsConfig, out_dir: str | Path, *, overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+def run_gradients(
+    config: GradientsConfig,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    report: bool = True,
+) -> Path:
     """Measures per-channel Emission and Absorption over a dataset and writes a run directory.
 
     Args:
@@ -360,8 +370,9 @@ def run_gradients(config: GradientsConfig, out_dir: str | Path, *, overwrite: bo
         overwrite: replace a non-empty ``out_dir``.
         resume: continue an interrupted run from its last completed chunk.
         progress: show a progress bar with samples/s.
+        report: also draw the figures and write TensorBoard events, claims and the HTML report.
 
     Returns:
         The run directory.
     """
-    return GradientStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume)
+    return GradientStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report)

@@ -547,7 +547,7 @@ class Study:
         return int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
 
     # ---- main loop ----------------------------------------------------------------------
-    def run(self, *, overwrite: bool = False, resume: bool = False) -> Path:
+    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True) -> Path:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -636,7 +636,8 @@ class Study:
             if self.status[key.name]["status"] == "running":
                 self.status[key.name]["status"] = "done"
         self._write_tables()
-        self._finish()
+        if report:
+            self._finish()
         write_json(self.out / "manifest.json", self._manifest(finished=True))
         return self.out
 
@@ -688,6 +689,7 @@ def run_reproduce(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
+    report: bool = True,
 ) -> Path:
     """Runs the initialisation study and writes its run directory.
 
@@ -697,6 +699,7 @@ def run_reproduce(
         overwrite: replace a non-empty ``out_dir``.
         resume: continue an interrupted run in ``out_dir`` with the same options.
         progress: show progress bars.
+        report: also draw the figures and write TensorBoard events, claims and the HTML report.
 
     Returns:
         The run directory.
@@ -704,4 +707,4 @@ def run_reproduce(
     Raises:
         NndistError: on a bad option, data source, model or output directory.
     """
-    return Study(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume)
+    return Study(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report)

@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     group.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--no-report", action="store_true", help="write tables only: no figures, TensorBoard, claims or report (nndist report adds them later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -65,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         skip_bad_images=args.skip_bad_images,
     )
-    out = run_gradients(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+    out = run_gradients(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress, report=not args.no_report)
     print(f"wrote {out} (report: {out / 'report.html'})")
     return 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from ..errors import NndistError
 
 EXAMPLES = """examples:
   nndist report runs/quick                   # claims.csv + report.html (figures linked)
@@ -27,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by `nndist reproduce` or `nndist gradients`")
     p.add_argument("--embed-figures", action="store_true",
                    help="embed the figures in the page as base64 instead of linking figures/*.png")
+    p.add_argument("--figures", action="store_true", help="redraw the figures from the tables (drawn anyway when figures/ is missing)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also rebuild the TensorBoard events in RUN_DIR/tb from the tables (needs nndist[tb])")
     p.set_defaults(func=run)
@@ -38,7 +42,17 @@ def run(args: argparse.Namespace) -> int:
     from ..claims import evaluate_claims, load_run, write_claims
     from ..report import write_report
 
-    run_dir = load_run(args.run_dir).path  # fails early, naming the path and what is missing
+    run = load_run(args.run_dir)  # fails early, naming the path and what is missing
+    run_dir = run.path
+    if args.figures:
+        draw_figures(run_dir, run.kind)
+    elif not (run_dir / "figures").is_dir():
+        # Runs made with --no-report get their figures here; an unfinished run has too few
+        # tables for them, and its report says which parts are missing.
+        try:
+            draw_figures(run_dir, run.kind)
+        except NndistError as exc:
+            print(f"nndist report: note: {exc}", file=sys.stderr)
     claims = evaluate_claims(run_dir)
     write_claims(run_dir, claims)
     path = write_report(run_dir, embed_figures=args.embed_figures, claims=claims)
@@ -48,3 +62,18 @@ def run(args: argparse.Namespace) -> int:
         write_tensorboard(run_dir)
     print(path)
     return 0
+
+
+def draw_figures(run_dir, kind: str) -> None:
+    """Draws the figures of a finished run from its tables (missing tables: nothing drawn)."""
+    try:
+        if kind == "gradients":
+            from ..figures_gradients import write_gradient_figures
+
+            write_gradient_figures(run_dir)
+        else:
+            from ..figures import write_figures
+
+            write_figures(run_dir)
+    except FileNotFoundError as exc:
+        raise NndistError(f"cannot draw figures for {run_dir}: {exc.filename} is missing (is the run finished?)") from None

@@ -80,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     group.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run (its saved options are used)")
+    p.add_argument("--no-report", action="store_true", help="write tables only: no figures, TensorBoard, claims or report (nndist report adds them later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = args.resume if args.resume is not None else (args.out or Path("runs/reproduce"))
-    run_dir = run_reproduce(cfg, out, overwrite=args.overwrite, resume=args.resume is not None, progress=not args.no_progress)
+    run_dir = run_reproduce(cfg, out, overwrite=args.overwrite, resume=args.resume is not None, progress=not args.no_progress, report=not args.no_report)
     print(f"wrote {run_dir} (report: {run_dir / 'report.html'})")
     summarise(run_dir)
     return 0
