@@ -37,15 +37,6 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NNDIST_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture
-def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skips figures, TensorBoard, claims and report (most of a tiny run's time; test_reproduce.py
-    covers them): these tests are about the inputs and the run's tables and manifest."""
-    import nndist.figures
-    import nndist.reproduce
-
-    monkeypatch.setattr(nndist.figures, "write_figures", lambda run_dir: None)
-    monkeypatch.setattr(nndist.reproduce, "finish_run_directory", lambda run_dir: None)
 
 
 def _png(path: Path, size: int, seed: int) -> None:
@@ -179,11 +170,11 @@ def test_skip_bad_images_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "n=10" in out and f"skipped {len(bad)} bad file(s)" in out, out
 
 
-@pytest.mark.usefixtures("no_figures")
 def test_skip_bad_images_reproduce_lists_them_in_the_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder, bad = _folder_with_every_kind_of_bad_file(tmp_path / "imgs")
     out = tmp_path / "run"
-    argv = reproduce_argv(folder, out, "--train-samples", "all", "--valid-samples", "all", "--skip-bad-images")
+    # --no-report: figures and the report (most of a tiny run's time) are tested in test_reproduce.py.
+    argv = reproduce_argv(folder, out, "--train-samples", "all", "--valid-samples", "all", "--skip-bad-images", "--no-report")
     assert main(argv) == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     # Both splits' bad files, each listed once per split; the count is the list's length.
@@ -197,7 +188,7 @@ def test_image_size_the_model_cannot_take(tmp_path: Path, capsys: pytest.Capture
     folder = make_folder(tmp_path / "imgs", size=size)
     out = tmp_path / "run"
     cli_error(capsys, reproduce_argv(folder, out, "--train-samples", "all", "--valid-samples", "all"),
-              "3x32x32", f"{size}, {size}")
+              "3x32x32", f"got 3x{size}x{size}", "resize")
     assert_nothing_written(out)
     # evaluate can resize: the suggested fix works.
     cli_error(capsys, evaluate_argv(folder), "3x32x32", "--image-size 32")
@@ -316,8 +307,9 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path, capsys: pytes
 
 def test_samples_larger_than_the_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = make_folder(tmp_path / "imgs")  # 10 test images
-    cli_error(capsys, evaluate_argv(folder, "--samples", "11"), "11", "at most 10")
-    cli_error(capsys, evaluate_argv("shapes", "--samples", "1001"), "1001", "at most 1000")
+    cli_error(capsys, evaluate_argv(folder, "--samples", "11"), "--samples 11", folder, "1 to 10")
+    cli_error(capsys, evaluate_argv("shapes", "--samples", "1001"), "--samples 1001", "1 to 1000")
+    cli_error(capsys, evaluate_argv("shapes", "--samples", "0"), "--samples 0", "1 to 1000")
     out = tmp_path / "g"
     cli_error(capsys, gradients_argv(out, "--samples", "1001"), "1001", "at most 1000")
     assert_nothing_written(out)
@@ -405,11 +397,10 @@ def test_nan_weights_are_counted(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert table.loc[("conv1", "weight"), "nonfinite"] == 0
 
 
-@pytest.mark.usefixtures("no_figures")
 def test_diverged_init_is_recorded_not_fatal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     argv = reproduce_argv("shapes", out, "--inits", "kaiming_normal,zeros", "--gain", "1e30",
-                          "--train-samples", "64", "--valid-samples", "20")
+                          "--train-samples", "64", "--valid-samples", "20", "--no-report")
     assert main(argv) == 0, capsys.readouterr().err
     runs = json.loads((out / "manifest.json").read_text())["runs"]
     assert runs["kaiming_normal"]["status"] == "diverged" and runs["kaiming_normal"]["diverged_at_step"] == 0

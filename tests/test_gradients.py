@@ -481,21 +481,58 @@ def test_resnet20_cifar_float32_against_float64_literal(models_dir: Path, cifar_
 
     model = load_weights(create_model("cifar_resnet20"), models_dir / "resnet20-12fca82f.th").eval()
     classes = sorted(p.name for p in (cifar_dir / "test").iterdir() if p.is_dir())
-    files = [sorted((cifar_dir / "test" / c).glob("*.jpg"))[0] for c in classes[:3]]
+    files = [sorted((cifar_dir / "test" / c).glob("*.jpg"))[0] for c in classes[:3]]  # 3 real images
     pixels = np.stack([np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0 for f in files])
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     x = ((x - mean) / std).contiguous()
     y = torch.arange(3)
-    layers = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "layer3.2.conv2", "linear"]
+    layers = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "linear"]  # stem, stride 1, stride 2, head
     res = emission_absorption(model, x, y, layers=layers)
     model64 = load_weights(create_model("cifar_resnet20"), models_dir / "resnet20-12fca82f.th").double().eval()
     grads = reference_grads(model64, x.double(), lambda out: F.cross_entropy(out, y, reduction="none"))
     for name in layers[:-1]:
         conv = model64.get_submodule(name)
-        hw = {"conv1": 32, "layer1.0.conv1": 32, "layer2.0.conv1": 32, "layer3.2.conv2": 8}[name]
-        em, ab, ns = literal_stats(literal_local_gradients(conv, (hw, hw), grads[name]))
+        em, ab, ns = literal_stats(literal_local_gradients(conv, (32, 32), grads[name]))
         assert rel_err(res[name].emission.double(), em) <= 1e-4, name
         assert rel_err(res[name].absorption.double(), ab) <= 1e-4, name
         assert rel_err(res[name].norm_sum.double(), ns) <= 1e-4, name
+    g, w = grads["linear"], model64.linear.weight.detach()
+    norms = (g[:, :, None] * w).abs()  # ||g_i W_ij|| for a (B, C) gradient
+    assert rel_err(res["linear"].emission.double(), norms.sum(2)) <= 1e-4
+    assert rel_err(res["linear"].absorption.double(), norms.sum(1)) <= 1e-4
+
+
+def test_layers_off_the_input_path_use_the_slow_path() -> None:
+    class Side(nn.Module):
+        """One conv sees the input, another a learned constant; an embedding model has int inputs."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.const = nn.Parameter(torch.randn(1, 2, 5, 5))
+            self.conv_x = nn.Conv2d(2, 3, 3, padding=1)
+            self.conv_c = nn.Conv2d(2, 3, 3, padding=1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return (self.conv_x(x) * self.conv_c(self.const)).mean((2, 3))
+
+    torch.manual_seed(7)
+    model = Side().double()
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    res = emission_absorption(model, x, torch.tensor([0, 2]))
+    assert res.unsupported == {"": "Side"}
+    c = model.const.detach().expand(2, -1, -1, -1)  # batch of 1 behind a broadcast: per-sample G sums
+    v = model.conv_c(c.contiguous()).detach().requires_grad_()
+    loss = F.cross_entropy((model.conv_x(x) * v).mean((2, 3)), torch.tensor([0, 2]), reduction="sum")
+    (G,) = torch.autograd.grad(loss, v)
+    assert res["conv_c"].emission.shape == (1, 3)
+    em, ab, _ = literal_stats(literal_local_gradients(model.conv_c, (5, 5), G.sum(0, keepdim=True)))
+    assert rel_err(res["conv_c"].emission, em) <= TOL and rel_err(res["conv_c"].absorption, ab) <= TOL
+
+    emb = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3)).double()
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    res = emission_absorption(emb, tokens, loss=lambda out, _: out.sum((1, 2)))
+    assert res.unsupported == {"0": "Embedding"} and res["1"].emission.shape == (2, 3)
+    g = torch.ones(2, 3, 3, dtype=torch.float64)
+    assert rel_err(res["1"].emission, g.norm(dim=1) * emb[1].weight.detach().abs().sum(1)) <= TOL

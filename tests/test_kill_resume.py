@@ -14,7 +14,8 @@ Each run is a real subprocess (``python -m nndist``), killed at three moments:
 * ``between_stages``: after ``checkpoints/*/before.safetensors`` exist but before the first
   training state.
 
-Every subprocess runs with one thread (``OMP_NUM_THREADS=1`` and friends), so floating-point
+Runs use ``--no-report`` (figures and the report are not what is tested here; ``nndist report``
+on each killed directory is). Every subprocess runs with one thread (``OMP_NUM_THREADS=1`` and friends), so floating-point
 results are reproducible. ``nndist report`` must read the killed directory without crashing.
 """
 
@@ -38,7 +39,7 @@ from nndist.io import TMP_MARK
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = ["--data", "shapes", "--inits", "orthogonal,zeros", "--epochs", "2", "--train-samples", "256",
-          "--valid-samples", "64", "--checkpoint-every", "2", "--device", "cpu", "--no-progress"]
+          "--valid-samples", "64", "--checkpoint-every", "2", "--device", "cpu", "--no-progress", "--no-report"]
 INITS = ("orthogonal", "zeros")
 TABLES = ("loss", "accuracy", "weights", "features")
 STATE = Path("state") / "train.pt"
@@ -59,7 +60,7 @@ def _reproduce(out: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def _resume(run: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nndist", "reproduce", "--resume", str(run), "--no-progress"],
+    return subprocess.Popen([sys.executable, "-m", "nndist", "reproduce", "--resume", str(run), "--no-progress", "--no-report"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -154,33 +155,50 @@ def _assert_same_run(run: Path, ref: Path) -> None:
 
 def test_killed_runs_resume_to_identical_results(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  record_property) -> None:
+    started: list[subprocess.Popen] = []
+    try:
+        _check_kills_and_resumes(tmp_path, capsys, record_property, started)
+    finally:
+        for proc in started:  # a failed assertion must not leave runs behind
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+def _check_kills_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str], record_property,
+                             started: list[subprocess.Popen]) -> None:
     env = _env(tmp_path)
+
+    def reproduce(out: Path) -> subprocess.Popen:
+        started.append(_reproduce(out, env))
+        return started[-1]
+
     ref = tmp_path / "uninterrupted"
-    reference = _reproduce(ref, env)  # runs while the others are killed
+    reference = reproduce(ref)  # runs while the others are killed
 
     killed: dict[str, Path] = {}
     # Between stages: the "before" checkpoints exist, the first training state does not.
     run = tmp_path / "between_stages"
-    assert _kill_when(_reproduce(run, env), _between_stages(run)), "ended before the kill point"
+    assert _kill_when(reproduce(run), _between_stages(run)), "ended before the kill point"
     assert not (run / STATE).exists()
     killed[run.name] = run
 
     # Mid-epoch: during step 3 of epoch 1.
     run = tmp_path / "mid_epoch"
-    assert _kill_when(_reproduce(run, env), _MidEpoch(run)), "ended before the kill point"
+    assert _kill_when(reproduce(run), _MidEpoch(run)), "ended before the kill point"
     state = torch.load(run / STATE, map_location="cpu", weights_only=True)
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2), "not killed mid-epoch"
     killed[run.name] = run
 
     # Mid-save: while a temporary file exists.
     run = tmp_path / "mid_save"
-    hit = _kill_when(_reproduce(run, env), _mid_save(run))
+    hit = _kill_when(reproduce(run), _mid_save(run))
     if hit:
         assert _temporaries(run)
         record_property("mid_save_kill", "real")
     else:  # never caught a temporary file: simulate what a kill inside atomic_path leaves
         shutil.rmtree(run)
-        assert _kill_when(_reproduce(run, env), _MidEpoch(run))
+        assert _kill_when(reproduce(run), _MidEpoch(run))
         data = (run / STATE).read_bytes()
         (run / "state" / f".train.pt{TMP_MARK}sim0001").write_bytes(data[: len(data) // 2])
         (run / f".loss.parquet{TMP_MARK}sim0002").write_bytes(b"PAR1 half a table")
@@ -191,6 +209,7 @@ def test_killed_runs_resume_to_identical_results(tmp_path: Path, capsys: pytest.
         _report_survives(run, tmp_path, capsys)
 
     resumes = {name: _resume(run, env) for name, run in killed.items()}
+    started.extend(resumes.values())
     for name, proc in resumes.items():
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{name}: resume failed\n{err}"
@@ -200,4 +219,3 @@ def test_killed_runs_resume_to_identical_results(tmp_path: Path, capsys: pytest.
     for name, run in killed.items():
         assert _temporaries(run) == [], f"{name}: temporaries left after resume"
         _assert_same_run(run, ref)
-        assert (run / "report.html").is_file()

@@ -133,9 +133,11 @@ class PaperCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Checked on the trailing dims so that torch.func.vmap (which hides the batch dim) works.
         if x.dim() < 3 or tuple(x.shape[-3:]) != self.input_size:
+            got = "x".join(map(str, x.shape[-3:])) if x.dim() >= 3 else str(tuple(x.shape))
             raise NndistError(
-                f"the paper CNN needs 3x32x32 inputs, got shape {tuple(x.shape)}; "
-                "use 32x32 RGB images (e.g. --image-size 32)"
+                f"the paper CNN needs 3x32x32 inputs (channels x height x width), got {got} "
+                f"(batch shape {tuple(x.shape)}); use 32x32 RGB images: resize the image folder, "
+                "or pass --image-size 32 where the command has it (nndist evaluate)"
             )
         x = self.pool1(self.relu1(self.conv1(x)))  # (B, 16, 16, 16)
         x = self.pool2(self.relu2(self.conv2(x)))  # (B, 16, 8, 8)

@@ -146,6 +146,16 @@ class RunKey:
         return self.init if self.seed == 0 else f"{self.init}-seed{self.seed}"
 
 
+def _bias_init(value: str | float | None) -> str | float | None:
+    """``--bias-init``: a name (default, zeros, ones) or a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_samples(value: str) -> int | str:
     """Parses ``--train-samples``/``--valid-samples``: a positive integer or ``all``."""
     if value == "all":
@@ -244,7 +254,8 @@ def weight_summaries(model: nn.Module, layers: Sequence[str]) -> dict[tuple[str,
     out = {}
     for layer in layers:
         for pname, p in modules[layer].named_parameters(recurse=False):
-            out[(layer, pname)] = Summary().update(p.detach())
+            # Parameters are small: summarise them in float64 so moments are exact to 1e-12.
+            out[(layer, pname)] = Summary().update(p.detach().double())
     return out
 
 
@@ -385,26 +396,34 @@ class Study:
             if bad:
                 raise NndistError(f"{bad} non-finite values in the normalised {name} inputs; check --mean/--std (std must be non-zero)")
 
-    def _build_runs(self) -> StackedRuns:
+    def _build_runs(self) -> StackedRuns | None:
+        """This rank's runs, stacked (None when it has none); checks layers and input shape first."""
         from .inits import init_model
         from .models import create_model
 
-        models = []
+        # Every rank checks the model against the data (same error everywhere if it fails).
+        probe = create_model(self.cfg.model, num_classes=len(self.classes))
+        check_layers(probe, self.cfg.layers)
         for key in self.keys:
-            model = create_model(self.cfg.model, num_classes=len(self.classes))
-            init_model(model, key.init, gain=self.cfg.gain, bias_init=self.cfg.bias_init, generator=self.cfg.init_seed + key.seed)
-            models.append(model)
-        check_layers(models[0], self.cfg.layers)
-        # The model must accept the data: one forward on a single image gives a clear error if not.
+            from .inits import INITS
+
+            INITS.get(key.init)  # an unknown scheme fails before any work, listing the valid ones
         try:
             with torch.no_grad():
-                models[0].eval()(self.x_train[:1].cpu())
+                probe.eval()(self.x_train[:1].cpu())
         except NndistError:
             raise
         except RuntimeError as exc:
             raise NndistError(
                 f"model {self.cfg.model} cannot take inputs of shape {tuple(self.x_train.shape[1:])} from {self.cfg.data}: {str(exc).splitlines()[0]}"
             ) from None
+        if not self.my_keys:
+            return None
+        models = []
+        for key in self.my_keys:
+            model = create_model(self.cfg.model, num_classes=len(self.classes))
+            init_model(model, key.init, gain=self.cfg.gain, bias_init=_bias_init(self.cfg.bias_init), generator=self.cfg.init_seed + key.seed)
+            models.append(model)
         return StackedRuns(models).to(self.device)
 
     def _manifest(self, finished: bool = False) -> dict[str, Any]:
@@ -429,15 +448,15 @@ class Study:
         }
 
     # ---- measurement --------------------------------------------------------------------
-    def _measure(self, runs: StackedRuns, stage: str) -> None:
+    def _measure(self, runs: StackedRuns | None, stage: str) -> None:
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
         inputs = {"train": self.x_train, "valid": self.x_valid, "random": self.x_random}
-        total = len(self.keys) * sum(x.shape[0] for x in inputs.values())
+        total = len(self.my_keys) * sum(x.shape[0] for x in inputs.values())
         bar = tqdm(total=total, desc=f"features {stage}", unit="img", disable=not self.progress, leave=False)
         try:
-            for r, key in enumerate(self.keys):
+            for r, key in enumerate(self.my_keys):
                 model = runs.model(r)
                 base = {"init": key.init, "seed": key.seed}
                 for (layer, pname), s in weight_summaries(model, self.cfg.layers).items():
@@ -478,107 +497,192 @@ class Study:
             }
         )
 
-    def _save_checkpoints(self, runs: StackedRuns, stage: str) -> None:
+    def _save_checkpoints(self, runs: StackedRuns | None, stage: str) -> None:
+        """Rank 0 writes every run's checkpoint (the others send theirs)."""
+        from .distributed import gather_to_main
         from .models import save_checkpoint
 
-        for r, key in enumerate(self.keys):
+        mine = [(key, runs.model(r).state_dict()) for r, key in enumerate(self.my_keys)]
+        gathered = gather_to_main(mine, self.dist)
+        if not self.dist.is_main:
+            return
+        from .models import create_model
+
+        model = create_model(self.cfg.model, num_classes=len(self.classes))
+        for key, state in (item for part in gathered for item in part):
+            model.load_state_dict(state)
             save_checkpoint(
                 self.out / "checkpoints" / key.name / f"{stage}.safetensors",
-                runs.model(r),
+                model,
                 {"model": self.cfg.model, "init": key.init, "seed": key.seed, "stage": stage, "reproduce": self.cfg.to_dict()},
             )
 
     # ---- persistence --------------------------------------------------------------------
-    def _write_tables(self) -> None:
-        t = self.tables
+    def _collect(self) -> tuple[_Tables, list[dict[str, Any]]] | None:
+        """Every rank's tables, shifts and run status, merged on rank 0 (None elsewhere)."""
+        from .distributed import gather_to_main
+
+        mine = {k.name: self.status[k.name] for k in self.my_keys}
+        gathered = gather_to_main((dataclasses.asdict(self.tables), self.shifts, mine), self.dist)
+        if not self.dist.is_main:
+            return None
+        merged = _Tables()
+        shifts: list[dict[str, Any]] = []
+        for tables, part_shifts, status in gathered:
+            for name, rows in tables.items():
+                getattr(merged, name).extend(rows)
+            shifts.extend(part_shifts)
+            self.status.update(status)
+        return merged, shifts
+
+    def _write_tables(self, tables: _Tables, shifts: list[dict[str, Any]]) -> None:
+        # Rows are ordered by stage (or step), then by the run's place in the config, so the
+        # tables are the same whatever the number of processes.
+        run_index = {(k.init, k.seed): i for i, k in enumerate(self.keys)}
+        stage_rank = {"before": -1, "after": 10**9}
+
+        def ordered(df: pd.DataFrame, first: str | None) -> pd.DataFrame:
+            if df.empty:
+                return df
+            keys = pd.DataFrame({"run": [run_index.get((i, s), -1) for i, s in zip(df["init"], df["seed"])]}, index=df.index)
+            if first == "stage":
+                keys["first"] = [stage_rank.get(v, int(v.split("_")[1]) if v.startswith("epoch_") else 0) for v in df["stage"]]
+            elif first is not None:
+                keys["first"] = df[first].to_numpy()
+            order = keys.sort_values(["first", "run"] if first else ["run"], kind="stable").index
+            return df.loc[order].reset_index(drop=True)
+
+        t = tables
         frames = {
-            "loss.parquet": pd.DataFrame(t.loss, columns=["init", "seed", "epoch", "step", "loss"]),
-            "accuracy.parquet": pd.DataFrame(t.accuracy, columns=["init", "seed", "epoch", "split", "accuracy", "loss"]),
-            "weights.parquet": pd.DataFrame(t.weights),
-            "features.parquet": pd.DataFrame(t.features),
-            "histograms.parquet": pd.DataFrame(
-                t.histograms, columns=["table", "init", "seed", "layer", "param", "input", "stage", "left", "right", "count"]
+            "loss.parquet": ordered(pd.DataFrame(t.loss, columns=["init", "seed", "epoch", "step", "loss"]), "step"),
+            "accuracy.parquet": ordered(pd.DataFrame(t.accuracy, columns=["init", "seed", "epoch", "split", "accuracy", "loss"]), "epoch"),
+            "weights.parquet": ordered(pd.DataFrame(t.weights), "stage"),
+            "features.parquet": ordered(pd.DataFrame(t.features), "stage"),
+            "histograms.parquet": ordered(
+                pd.DataFrame(t.histograms, columns=["table", "init", "seed", "layer", "param", "input", "stage", "left", "right", "count"]),
+                "stage",
             ),
         }
-        if self.shifts:
-            frames["shifts.parquet"] = pd.DataFrame(self.shifts)
+        if shifts:
+            frames["shifts.parquet"] = ordered(pd.DataFrame(shifts), None)
         for name, df in frames.items():
             if len(df.columns):
                 write_parquet(self.out / name, df)
 
-    def _save_state(self, runs: StackedRuns, opt: torch.optim.Optimizer, epoch: int, step_in_epoch: int, global_step: int) -> None:
+    def _save_state(self, runs: StackedRuns | None, opt: torch.optim.Optimizer | None, epoch: int, step_in_epoch: int, global_step: int) -> None:
+        """Rank 0 saves every rank's training state in one file, then the tables so far."""
+        from .distributed import gather_to_main
+
+        mine = {
+            "runs": runs.state_dict() if runs is not None else None,
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "tables": _to_saveable(dataclasses.asdict(self.tables)),
+            "before": [[list(k), _to_saveable(v.state_dict())] for k, v in self.before.items()],
+            "status": json.dumps({k.name: self.status[k.name] for k in self.my_keys}),
+            "epoch_acc": _to_saveable(self._epoch_acc),
+        }
+        gathered = gather_to_main(mine, self.dist)
+        collected = self._collect()
+        if not self.dist.is_main:
+            return
         state = {
-            "version": 1,
+            "version": 2,
             "config": json.dumps(self.cfg.to_dict()),
+            "world": self.dist.world,
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "global_step": global_step,
-            "runs": runs.state_dict(),
-            "optimizer": opt.state_dict(),
-            "tables": _to_saveable(dataclasses.asdict(self.tables)),
-            "before": [[list(k), _to_saveable(v.state_dict())] for k, v in self.before.items()],
-            "status": json.dumps(self.status),
+            "ranks": gathered,
             "timings": json.dumps(self.timings),
-            "epoch_acc": _to_saveable(self._epoch_acc),
         }
         with atomic_path(self.out / STATE_FILE) as tmp:
             torch.save(state, tmp)
-        self._write_tables()
+        self._write_tables(*collected)
         write_json(self.out / "manifest.json", self._manifest())
 
-    def _load_state(self, runs: StackedRuns, opt: torch.optim.Optimizer) -> tuple[int, int, int]:
-        path = self.out / STATE_FILE
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing error
-            raise NndistError(f"cannot read training state {path} ({type(exc).__name__}); start again with --overwrite") from None
-        saved = json.loads(state["config"])
-        if saved != self.cfg.to_dict():
-            diff = sorted(k for k in saved if saved.get(k) != self.cfg.to_dict().get(k))
-            raise NndistError(f"--resume {self.out}: options differ from the interrupted run ({', '.join(diff)}); resume with the same options")
-        runs.load_state_dict(state["runs"])
-        opt.load_state_dict(state["optimizer"])
-        tables = _from_saved(state["tables"])
-        self.tables = _Tables(**tables)
-        self.before = {tuple(k): Summary.from_state_dict(_from_saved(v)) for k, v in state["before"]}
-        self.status = json.loads(state["status"])
+    def _load_state(self, runs: StackedRuns | None, opt: torch.optim.Optimizer | None) -> tuple[int, int, int]:
+        from .distributed import broadcast_from_main
+
+        error, state = None, None
+        if self.dist.is_main:
+            path = self.out / STATE_FILE
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing error
+                error = f"cannot read training state {path} ({type(exc).__name__}); start again with --overwrite"
+            if state is not None:
+                saved = json.loads(state["config"])
+                if saved != self.cfg.to_dict():
+                    diff = sorted(k for k in saved if saved.get(k) != self.cfg.to_dict().get(k))
+                    error = f"--resume {self.out}: options differ from the interrupted run ({', '.join(diff)}); resume with the same options"
+                elif state.get("world", 1) != self.dist.world:
+                    error = f"--resume {self.out}: the run used {state.get('world', 1)} processes; resume it with the same number (torchrun --nproc-per-node)"
+        error = broadcast_from_main(error, self.dist)
+        if error:
+            raise NndistError(error)
+        state = broadcast_from_main(state, self.dist)
+        mine = state["ranks"][self.dist.rank]
+        if runs is not None:
+            runs.load_state_dict(mine["runs"])
+            opt.load_state_dict(mine["optimizer"])
+        self.tables = _Tables(**_from_saved(mine["tables"]))
+        self.before = {tuple(k): Summary.from_state_dict(_from_saved(v)) for k, v in mine["before"]}
+        self.status.update(json.loads(mine["status"]))
         self.timings = json.loads(state["timings"])
-        self._epoch_acc = _from_saved(state["epoch_acc"])
+        self._epoch_acc = _from_saved(mine["epoch_acc"])
         return int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
 
     # ---- main loop ----------------------------------------------------------------------
     def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True) -> Path:
         from tqdm.auto import tqdm
 
+        from .distributed import barrier, broadcast_from_main, rank_device, setup
+
         cfg = self.cfg
-        prepare_output_dir(self.out, overwrite=overwrite, resume=resume)
-        if resume:
-            with open(self.out / "manifest.json", encoding="utf-8") as fh:
-                old = json.load(fh)
-            if old.get("kind") != "reproduce":
-                raise NndistError(f"--resume {self.out}: it is a {old.get('kind')!r} run, not a reproduce run")
-            self.started = old.get("started") or _now()
-        else:
-            self.started = _now()
+        self.dist = setup(cfg.device)
+        self.device = _device(rank_device(cfg.device, self.dist))
+        # Inits (and seeds) are spread over the ranks; every rank sees the same batches.
+        self.my_keys = self.keys[self.dist.rank :: self.dist.world]
+        main = self.dist.is_main
+        self.progress = self.progress and main
+        error, started = None, _now()
+        if main:
+            try:
+                prepare_output_dir(self.out, overwrite=overwrite, resume=resume)
+                if resume:
+                    with open(self.out / "manifest.json", encoding="utf-8") as fh:
+                        old = json.load(fh)
+                    if old.get("kind") != "reproduce":
+                        raise NndistError(f"--resume {self.out}: it is a {old.get('kind')!r} run, not a reproduce run")
+                    started = old.get("started") or started
+            except NndistError as exc:
+                error = str(exc)
+        error = broadcast_from_main(error, self.dist)
+        if error:
+            raise NndistError(error)
+        self.started = broadcast_from_main(started, self.dist)
         self.shifts: list[dict[str, Any]] = []
         self._epoch_acc: dict[str, Any] = {"correct": None, "seen": 0, "loss_sum": None}
         self._load_data()
         runs = self._build_runs()
-        opt = torch.optim.Adam(runs.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.Adam(runs.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay) if runs is not None else None
         n_train = self.x_train.shape[0]
         steps_per_epoch = (n_train + cfg.batch_size - 1) // cfg.batch_size
 
         start_epoch, start_step, global_step = 1, 0, 0
-        if resume and (self.out / STATE_FILE).is_file():
+        has_state = broadcast_from_main(bool(resume and (self.out / STATE_FILE).is_file()), self.dist)
+        if has_state:
             epoch_done, step_in_epoch, global_step = self._load_state(runs, opt)
             start_epoch, start_step = (epoch_done + 1, 0) if step_in_epoch == 0 else (epoch_done, step_in_epoch)
         else:
-            write_json(self.out / "manifest.json", self._manifest())
+            if main:
+                write_json(self.out / "manifest.json", self._manifest())
             self._measure(runs, "before")
             self._save_checkpoints(runs, "before")
-            acc_t, loss_t = evaluate_runs(runs, self.x_train, self.y_train, cfg.eval_batch_size)
-            acc_v, loss_v = evaluate_runs(runs, self.x_valid, self.y_valid, cfg.eval_batch_size)
-            for r, key in enumerate(self.keys):
+            if runs is not None:
+                acc_t, loss_t = evaluate_runs(runs, self.x_train, self.y_train, cfg.eval_batch_size)
+                acc_v, loss_v = evaluate_runs(runs, self.x_valid, self.y_valid, cfg.eval_batch_size)
+            for r, key in enumerate(self.my_keys):
                 self.tables.accuracy.append(dict(init=key.init, seed=key.seed, epoch=0, split="train", accuracy=float(acc_t[r]), loss=float(loss_t[r])))
                 self.tables.accuracy.append(dict(init=key.init, seed=key.seed, epoch=0, split="valid", accuracy=float(acc_v[r]), loss=float(loss_v[r])))
                 self.status[key.name]["status"] = "running"
@@ -587,7 +691,7 @@ class Study:
         t_train = time.perf_counter()
         total_steps = cfg.epochs * steps_per_epoch
         bar = tqdm(total=total_steps, initial=global_step, desc="training", unit="step", disable=not self.progress)
-        R = len(self.keys)
+        R = len(self.my_keys)
         try:
             for epoch in range(start_epoch, cfg.epochs + 1):
                 order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(self.device)
@@ -595,33 +699,11 @@ class Study:
                 if first == 0:
                     self._epoch_acc = {"correct": np.zeros(R), "seen": 0, "loss_sum": np.zeros(R)}
                 for step in range(first, steps_per_epoch):
-                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    xb, yb = self.x_train[idx], self.y_train[idx]
-                    opt.zero_grad(set_to_none=True)
-                    loss, out = runs.losses(xb, yb)
-                    finite = torch.isfinite(loss.detach())
-                    newly = [r for r in range(R) if not bool(finite[r]) and not bool(runs.frozen[r])]
-                    if newly:
-                        runs.freeze(newly)
-                        for r in newly:
-                            st = self.status[self.keys[r].name]
-                            st["status"], st["diverged_at_step"] = "diverged", global_step
-                    active = ~runs.frozen.to(loss.device)
-                    torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
-                    opt.step()
-                    runs.restore_frozen()
-                    loss_cpu = loss.detach().double().cpu().numpy()
-                    for r, key in enumerate(self.keys):
-                        if self.status[key.name]["status"] != "diverged" or r in newly:
-                            self.tables.loss.append(dict(init=key.init, seed=key.seed, epoch=epoch, step=global_step, loss=float(loss_cpu[r])))
-                    with torch.no_grad():
-                        self._epoch_acc["correct"] = self._epoch_acc["correct"] + (out.argmax(-1) == yb).sum(1).double().cpu().numpy()
-                    self._epoch_acc["loss_sum"] = self._epoch_acc["loss_sum"] + loss_cpu * xb.shape[0]
-                    self._epoch_acc["seen"] += xb.shape[0]
+                    if runs is not None:
+                        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                        self._train_step(runs, opt, self.x_train[idx], self.y_train[idx], epoch, global_step)
                     global_step += 1
                     bar.update(1)
-                    if self.progress:
-                        bar.set_postfix(epoch=epoch, loss=f"{np.nanmean(loss_cpu):.3f}")
                     if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
                         self._save_state(runs, opt, epoch, step + 1, global_step)
                 self._end_epoch(runs, epoch)
@@ -632,19 +714,47 @@ class Study:
 
         self._measure(runs, "after")
         self._save_checkpoints(runs, "after")
-        for key in self.keys:
+        for key in self.my_keys:
             if self.status[key.name]["status"] == "running":
                 self.status[key.name]["status"] = "done"
-        self._write_tables()
-        if report:
-            self._finish()
-        write_json(self.out / "manifest.json", self._manifest(finished=True))
+        collected = self._collect()
+        if main:
+            self._write_tables(*collected)
+            if report:
+                self._finish()
+            write_json(self.out / "manifest.json", self._manifest(finished=True))
+        barrier(self.dist)
         return self.out
 
-    def _end_epoch(self, runs: StackedRuns, epoch: int) -> None:
-        acc_v, loss_v = evaluate_runs(runs, self.x_valid, self.y_valid, self.cfg.eval_batch_size)
+    def _train_step(self, runs: StackedRuns, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor, epoch: int, global_step: int) -> None:
+        """One Adam step of every run on the batch; a run whose loss is not finite is frozen."""
+        opt.zero_grad(set_to_none=True)
+        loss, out = runs.losses(xb, yb)
+        finite = torch.isfinite(loss.detach())
+        newly = [r for r in range(runs.num_runs) if not bool(finite[r]) and not bool(runs.frozen[r])]
+        if newly:
+            runs.freeze(newly)
+            for r in newly:
+                st = self.status[self.my_keys[r].name]
+                st["status"], st["diverged_at_step"] = "diverged", global_step
+        active = ~runs.frozen.to(loss.device)
+        torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
+        opt.step()
+        runs.restore_frozen()
+        loss_cpu = loss.detach().double().cpu().numpy()
+        for r, key in enumerate(self.my_keys):
+            if self.status[key.name]["status"] != "diverged" or r in newly:
+                self.tables.loss.append(dict(init=key.init, seed=key.seed, epoch=epoch, step=global_step, loss=float(loss_cpu[r])))
+        with torch.no_grad():
+            self._epoch_acc["correct"] = self._epoch_acc["correct"] + (out.argmax(-1) == yb).sum(1).double().cpu().numpy()
+        self._epoch_acc["loss_sum"] = self._epoch_acc["loss_sum"] + loss_cpu * xb.shape[0]
+        self._epoch_acc["seen"] += xb.shape[0]
+
+    def _end_epoch(self, runs: StackedRuns | None, epoch: int) -> None:
+        if runs is not None:
+            acc_v, loss_v = evaluate_runs(runs, self.x_valid, self.y_valid, self.cfg.eval_batch_size)
         seen = max(self._epoch_acc["seen"], 1)
-        for r, key in enumerate(self.keys):
+        for r, key in enumerate(self.my_keys):
             # Training accuracy and loss are the running values over the epoch's batches.
             self.tables.accuracy.append(
                 dict(init=key.init, seed=key.seed, epoch=epoch, split="train",
@@ -655,7 +765,7 @@ class Study:
             self._measure(runs, f"epoch_{epoch}")
 
     def _finish(self) -> None:
-        """Figures, TensorBoard, claims and the report (each optional part reports its own failure)."""
+        """Figures, TensorBoard events, claims and the report (rank 0 only)."""
         from .figures import write_figures
 
         t0 = time.perf_counter()

@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
         skip_bad_images=args.skip_bad_images, progress=not args.no_progress,
     )
     samples = args.samples if args.samples == "all" else _int(args.samples)
+    if samples != "all" and not 1 <= samples <= len(data):
+        raise NndistError(
+            f"--samples {samples}: the {args.split} split of {args.data} has {len(data)} images; "
+            f"pass a number from 1 to {len(data)}, or 'all'"
+        )
     if samples != "all":
         data = data.subset(stratified_subset(data.labels, samples, seed=args.seed))
     device = None if args.device == "auto" else args.device

@@ -5,15 +5,20 @@ How a batch is processed:
 1. Every module of the model is switched to eval mode (BatchNorm then uses its running
    statistics and dropout is off, so samples do not interact and ``dL/dV`` of sample ``b`` is that
    sample's own gradient); each module's own ``training`` flag is restored afterwards.
-2. Forward hooks on the studied layers record each call's input ``A`` and output ``V``. An output
-   that does not require grad (frozen layers, integer inputs) is replaced by a detached copy that
-   does, so a graph always exists; user parameters are never touched.
-3. The per-sample losses are summed and ``torch.autograd.grad(loss_sum, [V_1, ..., V_L])`` gives
-   every ``G = dL/dV`` at once. Autograd then skips all weight-gradient work, which makes this
-   cheaper than a plain forward + backward. If the model modified a recorded output in place
-   (``relu_(conv(x))``), the batch is run once more with the hooks returning a copy of ``V``.
-4. Each layer's handler turns ``(module, A, G)`` into emission, absorption and the batch sum of
-   ``||LG^{c1->c2}||``.
+2. The floating inputs become fresh leaves that require grad (the user's tensors are untouched).
+   Forward hooks on the studied layers record each call's input ``A`` and put a tensor hook on
+   its output ``V``. An output that does not require grad (frozen layers, integer inputs) is
+   replaced by a detached copy that does, so a graph always exists; user parameters are never
+   touched.
+3. The per-sample losses are summed and the backward pass is asked for the inputs' gradient
+   only: autograd then skips every weight gradient, which makes the whole call cheaper than a
+   plain forward + backward. Each tensor hook receives ``G = dL/dV`` (each sample's own gradient)
+   as the backward pass reaches the layer, runs the layer's handler, and lets ``G`` go, so memory
+   stays at the level of a plain backward. Tensor hooks see the gradient of ``V`` as it was
+   produced, even when the model later modifies ``V`` in place (``relu_(conv(x))``).
+4. A layer not on a path from the loss to an input (its hook never fired) is redone by
+   ``torch.autograd.grad(loss_sum, [V, ...])`` (with copies of ``V`` if the model modifies it in
+   place); a layer whose output does not affect the loss gets zeros.
 
 Hooks are registered inside ``try/finally`` and removed also when the forward raises.
 """
