@@ -156,7 +156,7 @@ def make_reproduce_run(
             is_div = init in diverged
             runs[_run_key(init, s, multi)] = {
                 "init": init, "seed": s, "status": "diverged" if is_div else "done",
-                "diverged_at_step": (n_steps - 2) if is_div else None, "seconds": 12.5,
+                "diverged_at_step": (n_steps - 2) if is_div else None,
             }
             # loss: exponential decay from ln 10 to the final value; zeros stays at ln 10 (paper)
             target = final[init] + 0.01 * s

@@ -262,3 +262,37 @@ def test_cli_reproduce_in_process(tmp_path, capsys):
     code = main(["reproduce", "--data", "shapes", "--inits", "orthogonal", "--out", str(out), "--no-progress"])
     assert code == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    """Inits spread over 2 gloo ranks give the same run directory as 1 process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    common = ["reproduce", "--data", "shapes", "--inits", "orthogonal,zeros,xavier_uniform", "--epochs", "1",
+              "--train-samples", "128", "--valid-samples", "40", "--device", "cpu", "--no-progress", "--no-report"]
+
+    def torchrun(nproc: int, out: Path) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(28500 + os.getpid() % 1000 + nproc), "-m", "nndist", *common, "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun(1, tmp_path / "one")
+    torchrun(2, tmp_path / "two")
+    for table in ("loss", "accuracy", "weights", "features", "histograms", "shifts"):
+        a = pd.read_parquet(tmp_path / "one" / f"{table}.parquet")
+        b = pd.read_parquet(tmp_path / "two" / f"{table}.parquet")
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6)
+        if table == "histograms":
+            pd.testing.assert_frame_equal(a, b)  # counts and edges exactly
+    for init in ("orthogonal", "zeros", "xavier_uniform"):
+        a = load_file(tmp_path / "one" / "checkpoints" / init / "after.safetensors")
+        b = load_file(tmp_path / "two" / "checkpoints" / init / "after.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    ma = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    mb = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert ma["runs"] == mb["runs"] and ma["subsets"] == mb["subsets"]

@@ -128,7 +128,7 @@ class RunDir:
         return self._tables[name]
 
     def run_status(self) -> dict[tuple[str, int], dict]:
-        """(init, seed) -> manifest run entry (status, diverged_at_step, seconds)."""
+        """(init, seed) -> manifest run entry (status, diverged_at_step)."""
         out = {}
         for key, entry in (self.manifest.get("runs") or {}).items():
             if not isinstance(entry, dict):

@@ -122,7 +122,7 @@ def _reproduce_sections(run: RunDir, embed: bool) -> dict:
         recs = []
         for (init, seed), e in sorted(status.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             recs.append({"init": init, "seed": seed, "status": e.get("status", ""),
-                         "diverged at step": e.get("diverged_at_step"), "seconds": e.get("seconds")})
+                         "diverged at step": e.get("diverged_at_step")})
             classes.append("diverged" if e.get("status") == "diverged" else
                            ("running" if e.get("status") in ("running", "pending") else ""))
         runs_df = pd.DataFrame(recs)

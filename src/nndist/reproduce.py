@@ -363,7 +363,7 @@ class Study:
         self.tables = _Tables()
         self.before: dict[tuple, Summary] = {}
         self.status: dict[str, dict[str, Any]] = {
-            k.name: {"init": k.init, "seed": k.seed, "status": "pending", "diverged_at_step": None, "seconds": 0.0}
+            k.name: {"init": k.init, "seed": k.seed, "status": "pending", "diverged_at_step": None}
             for k in self.keys
         }
         self.timings: dict[str, float] = {}
