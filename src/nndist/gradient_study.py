@@ -102,6 +102,11 @@ class GradientStudy:
             cfg.data, cfg.split, resize="imagenet" if torchvision_model else "cifar",
             skip_bad_images=cfg.skip_bad_images, progress=self.progress,
         )
+        if cfg.samples != "all" and cfg.samples > len(data.labels):
+            raise NndistError(
+                f"--samples {cfg.samples}: the {cfg.split} split of {cfg.data} has {len(data.labels)} images; "
+                f"pass a number from 1 to {len(data.labels)}, or 'all'"
+            )
         self.indices = stratified_subset(data.labels, cfg.samples, seed=cfg.seed)
         self.data = data
         self.mean, self.std = spec.mean, spec.std
@@ -158,6 +163,7 @@ class GradientStudy:
         for arr in self.arrays.values():
             arr.flush()
         state = {
+            "version": 2,
             "config": json.dumps(self.cfg.to_dict()),
             "done": self.done,
             "summaries": [[list(k), _to_saveable(s.state_dict())] for k, s in self.summaries.items()],
@@ -175,6 +181,8 @@ class GradientStudy:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
             raise NndistError(f"cannot read gradients state {path} ({type(exc).__name__}); start again with --overwrite") from None
+        if state.get("version") != 2:
+            raise NndistError(f"gradients state {path} was written by another nndist version; start again with --overwrite")
         if json.loads(state["config"]) != self.cfg.to_dict():
             raise NndistError(f"--resume {self.out}: options differ from the interrupted run; resume with the same options")
         self.summaries = {tuple(k): Summary.from_state_dict(_from_saved(v)) for k, v in state["summaries"]}
@@ -268,6 +276,12 @@ class GradientStudy:
         self.dist = setup(self.cfg.device)
         self.device = _device(rank_device(self.cfg.device, self.dist))
         main = self.dist.is_main
+        self.started = _now()
+        self.timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        # Data, model and layers are checked before the output directory is touched.
+        self._setup()
+        self.timings["setup"] = time.perf_counter() - t0
         # Rank 0 checks the output directory; every rank raises the same error if it fails.
         error = None
         if main:
@@ -278,11 +292,6 @@ class GradientStudy:
         error = broadcast_from_main(error, self.dist)
         if error:
             raise NndistError(error)
-        self.started = _now()
-        self.timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        self._setup()
-        self.timings["setup"] = time.perf_counter() - t0
         self._fresh_state()
         resumed = bool(resume and main and self._load_state())
         self.done = int(broadcast_from_main(self.done, self.dist))

@@ -163,9 +163,9 @@ def parse_samples(value: str) -> int | str:
     try:
         n = int(value)
     except ValueError:
-        raise NndistError(f"sample count {value!r} is not an integer or 'all'") from None
+        raise NndistError(f"--samples/--train-samples/--valid-samples {value!r}: must be a positive integer or 'all'") from None
     if n < 1:
-        raise NndistError(f"sample count must be at least 1, got {n}")
+        raise NndistError(f"--samples/--train-samples/--valid-samples {n}: must be a positive integer or 'all'")
     return n
 
 
@@ -381,6 +381,12 @@ class Study:
         t0 = time.perf_counter()
         train = load_split(cfg.data, "train", skip_bad_images=cfg.skip_bad_images, progress=self.progress)
         valid = load_split(cfg.data, "test", skip_bad_images=cfg.skip_bad_images, progress=self.progress)
+        for option, value, split in (("--train-samples", cfg.train_samples, train), ("--valid-samples", cfg.valid_samples, valid)):
+            if value != "all" and value > len(split.labels):
+                raise NndistError(
+                    f"{option} {value}: the {split.split} split of {cfg.data} has {len(split.labels)} images; "
+                    f"pass a number from 1 to {len(split.labels)}, or 'all'"
+                )
         self.train_idx = stratified_subset(train.labels, cfg.train_samples, seed=cfg.seed)
         self.valid_idx = stratified_subset(valid.labels, cfg.valid_samples, seed=cfg.seed)
         self.x_train = train.normalized(self.mean, self.std, indices=self.train_idx, device=self.device)
@@ -411,8 +417,8 @@ class Study:
         try:
             with torch.no_grad():
                 probe.eval()(self.x_train[:1].cpu())
-        except NndistError:
-            raise
+        except NndistError as exc:
+            raise NndistError(f"--data {self.cfg.data}: {exc}") from None
         except RuntimeError as exc:
             raise NndistError(
                 f"model {self.cfg.model} cannot take inputs of shape {tuple(self.x_train.shape[1:])} from {self.cfg.data}: {str(exc).splitlines()[0]}"
@@ -610,6 +616,9 @@ class Study:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing error
                 error = f"cannot read training state {path} ({type(exc).__name__}); start again with --overwrite"
+            if state is not None and state.get("version") != 2:
+                error = f"training state {path} was written by another nndist version; start again with --overwrite"
+                state = None
             if state is not None:
                 saved = json.loads(state["config"])
                 if saved != self.cfg.to_dict():
@@ -645,6 +654,12 @@ class Study:
         self.my_keys = self.keys[self.dist.rank :: self.dist.world]
         main = self.dist.is_main
         self.progress = self.progress and main
+        self.shifts: list[dict[str, Any]] = []
+        self._epoch_acc: dict[str, Any] = {"correct": None, "seen": 0, "loss_sum": None}
+        # Data, model, inits and layers are checked before the output directory is touched,
+        # so a bad option leaves nothing behind.
+        self._load_data()
+        runs = self._build_runs()
         error, started = None, _now()
         if main:
             try:
@@ -661,10 +676,6 @@ class Study:
         if error:
             raise NndistError(error)
         self.started = broadcast_from_main(started, self.dist)
-        self.shifts: list[dict[str, Any]] = []
-        self._epoch_acc: dict[str, Any] = {"correct": None, "seen": 0, "loss_sum": None}
-        self._load_data()
-        runs = self._build_runs()
         opt = torch.optim.Adam(runs.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay) if runs is not None else None
         n_train = self.x_train.shape[0]
         steps_per_epoch = (n_train + cfg.batch_size - 1) // cfg.batch_size
