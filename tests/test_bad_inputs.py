@@ -422,7 +422,8 @@ def test_batchnorm_model_in_train_mode_is_measured_in_eval_mode() -> None:
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     layers = ["conv1", "layer3.2.conv2", "linear"]
-    res = nndist.emission_absorption(model, x, y, layers=layers)
+    with pytest.warns(UserWarning, match="train mode.*restored"):
+        res = nndist.emission_absorption(model, x, y, layers=layers)
     assert model.training and all(m.training for m in model.modules())
     for k, v in model.state_dict().items():
         assert torch.equal(v, buffers[k]), f"{k} changed"

@@ -18,6 +18,7 @@ from nndist.gradients import (
     HANDLERS,
     GradientResults,
     LayerGradients,
+    TrainModeNotice,
     conv2d_local_gradient_norms,
     emission_absorption,
     register_handler,
@@ -316,8 +317,10 @@ def test_per_sample_independence_and_modes_restored() -> None:
     model.bn2.eval()  # mixed modes must come back exactly
     x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 3, 4])
-    full = emission_absorption(model, x, y)
+    with pytest.warns(TrainModeNotice, match="eval mode"):
+        full = emission_absorption(model, x, y)
     assert model.training and model.bn1.training and not model.bn2.training and model.drop.training
+    model.eval()
     for b in (0, 3):
         alone = emission_absorption(model, x[b : b + 1], y[b : b + 1])
         for name in full:

@@ -10,7 +10,7 @@ which :func:`register_handler` extends.
 from __future__ import annotations
 
 from .conv2d import conv2d_handler, conv2d_local_gradient_norms
-from .core import HANDLERS, GradientResults, Handler, HandlerTable, emission_absorption, register_handler
+from .core import HANDLERS, GradientResults, Handler, HandlerTable, TrainModeNotice, emission_absorption, register_handler
 from .linear import linear_handler, linear_local_gradient_norms
 from .types import LayerGradients
 
@@ -20,6 +20,7 @@ __all__ = [
     "Handler",
     "HandlerTable",
     "LayerGradients",
+    "TrainModeNotice",
     "conv2d_handler",
     "conv2d_local_gradient_norms",
     "emission_absorption",

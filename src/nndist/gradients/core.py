@@ -25,6 +25,8 @@ Hooks are registered inside ``try/finally`` and removed also when the forward ra
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Union
@@ -364,6 +366,13 @@ def _run_all_grads(
     return calls, list(grads)
 
 
+class TrainModeNotice(UserWarning):
+    """Issued when a model with BatchNorm or dropout in train mode is measured (in eval mode)."""
+
+
+_MODE_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
 def emission_absorption(
     model: nn.Module,
     inputs: Inputs,
@@ -421,6 +430,14 @@ def emission_absorption(
     if not args or not isinstance(args[0], Tensor):
         raise NndistError("inputs must be a tensor (B, ...) or a sequence of tensors whose first is batched")
     modes = [(m, m.training) for m in model.modules()]
+    if any(training and isinstance(m, _MODE_SENSITIVE) for m, training in modes):
+        warnings.warn(
+            "emission_absorption: the model is in train mode; Emission/Absorption are measured in eval "
+            "mode (BatchNorm on running statistics, no dropout) so that samples do not interact, and "
+            "the model's mode is restored afterwards",
+            TrainModeNotice,
+            stacklevel=2,
+        )
     try:
         model.eval()
         with torch.enable_grad(), torch.inference_mode(False):
