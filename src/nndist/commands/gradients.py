@@ -68,4 +68,8 @@ def run(args: argparse.Namespace) -> int:
     )
     out = run_gradients(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress, report=not args.no_report)
     print(f"wrote {out} (report: {out / 'report.html'})")
+    if (out / "claims.csv").is_file():
+        from .report import print_claims
+
+        print_claims(out / "claims.csv")
     return 0

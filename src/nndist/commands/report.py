@@ -61,7 +61,19 @@ def run(args: argparse.Namespace) -> int:
 
         write_tensorboard(run_dir)
     print(path)
+    print_claims(run_dir / "claims.csv")
     return 0
+
+
+def print_claims(path) -> None:
+    """Prints the summary row of every claim: id, verdict and the statement."""
+    import pandas as pd
+
+    claims = pd.read_csv(path)
+    claims = claims[claims["level"] == "summary"]
+    print(f"{'#':>3}  {'verdict':<13}claim")
+    for row in claims.itertuples():
+        print(f"{row.id:>3}  {row.verdict:<13}{row.claim}")
 
 
 def draw_figures(run_dir, kind: str) -> None:

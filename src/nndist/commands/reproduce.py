@@ -134,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
     run_dir = run_reproduce(cfg, out, overwrite=args.overwrite, resume=args.resume is not None, progress=not args.no_progress, report=not args.no_report)
     print(f"wrote {run_dir} (report: {run_dir / 'report.html'})")
     summarise(run_dir)
+    if (run_dir / "claims.csv").is_file():
+        from .report import print_claims
+
+        print_claims(run_dir / "claims.csv")
     return 0
 
 
