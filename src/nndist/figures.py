@@ -137,60 +137,48 @@ def figure_loss(run_dir: Path) -> list[Path]:
     return save_figure(fig, run_dir / "figures" / "fig1_loss")
 
 
-def figure_weights(run_dir: Path) -> list[Path]:
-    """Figure 2: weight and bias distributions before vs after training (std annotated)."""
+def _before_after_grid(run_dir: Path, table: str, col_fields: tuple[str, str], cols: list[tuple[str, str]],
+                       col_title: str, title: str, stem: str, panel_width: float) -> list[Path]:
+    """A grid of before-vs-after densities: one row per init (first seed), one column per ``cols``."""
     plt = _plt()
-    stats = pd.read_parquet(run_dir / "weights.parquet")
+    stats = pd.read_parquet(run_dir / f"{table}.parquet")
     hist = pd.read_parquet(run_dir / "histograms.parquet")
-    hist = hist[hist["table"] == "weights"]
-    stats = stats[stats["seed"] == stats["seed"].min()]
-    hist = hist[hist["seed"] == stats["seed"].min()]
+    seed0 = stats["seed"].min()
+    stats = stats[stats["seed"] == seed0]
+    hist = hist[(hist["table"] == table) & (hist["seed"] == seed0)]
     inits = list(dict.fromkeys(stats["init"]))
-    cols = list(dict.fromkeys(zip(stats["layer"], stats["param"])))
-    fig, axes = plt.subplots(len(inits), len(cols), figsize=(1.9 * len(cols), 1.35 * len(inits) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(inits), len(cols), figsize=(panel_width * len(cols), 1.32 * len(inits) + 0.6), squeeze=False)
     colors = {("stage", "before"): BEFORE_COLOR, ("stage", "after"): AFTER_COLOR}
     for i, init in enumerate(inits):
-        for j, (layer, param) in enumerate(cols):
+        for j, col in enumerate(cols):
             ax = axes[i, j]
-            _panel(ax, hist, stats, {"init": init, "layer": layer, "param": param}, colors, "{}")
+            _panel(ax, hist, stats, {"init": init, col_fields[0]: col[0], col_fields[1]: col[1]}, colors, "{}")
             if i == 0:
-                ax.set_title(f"{layer}.{param}", fontsize=8)
+                ax.set_title(col_title.format(*col), fontsize=7)
             if j == 0:
                 ax.set_ylabel(init, fontsize=7)
     handles = [plt.Line2D([], [], color=BEFORE_COLOR, label="before"), plt.Line2D([], [], color=AFTER_COLOR, label="after")]
     fig.legend(handles=handles, loc="upper right", fontsize=8)
-    fig.suptitle("Figure 2: weight and bias distributions before vs after training", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.05, right=0.98, top=0.92, bottom=0.04, wspace=0.25, hspace=0.45)
-    return save_figure(fig, run_dir / "figures" / "fig2_weights")
+    return save_figure(fig, run_dir / "figures" / stem)
+
+
+def figure_weights(run_dir: Path) -> list[Path]:
+    """Figure 2: weight and bias distributions before vs after training (std annotated)."""
+    stats = pd.read_parquet(run_dir / "weights.parquet", columns=["layer", "param"])
+    cols = list(dict.fromkeys(zip(stats["layer"], stats["param"])))
+    return _before_after_grid(run_dir, "weights", ("layer", "param"), cols, "{}.{}",
+                              "Figure 2: weight and bias distributions before vs after training", "fig2_weights", 1.9)
 
 
 def figure_features(run_dir: Path) -> list[Path]:
     """Figure 3: feature distributions per layer and input type, before vs after training."""
-    plt = _plt()
-    stats = pd.read_parquet(run_dir / "features.parquet")
-    hist = pd.read_parquet(run_dir / "histograms.parquet")
-    seed0 = stats["seed"].min()
-    stats = stats[stats["seed"] == seed0]
-    hist = hist[(hist["table"] == "features") & (hist["seed"] == seed0)]
-    inits = list(dict.fromkeys(stats["init"]))
-    layers = list(dict.fromkeys(stats["layer"]))
+    stats = pd.read_parquet(run_dir / "features.parquet", columns=["layer", "input"])
     inputs = [i for i in ("train", "valid", "random") if i in set(stats["input"])]
-    cols = [(layer, inp) for layer in layers for inp in inputs]
-    fig, axes = plt.subplots(len(inits), len(cols), figsize=(1.55 * len(cols), 1.3 * len(inits) + 0.6), squeeze=False)
-    colors = {("stage", "before"): BEFORE_COLOR, ("stage", "after"): AFTER_COLOR}
-    for i, init in enumerate(inits):
-        for j, (layer, inp) in enumerate(cols):
-            ax = axes[i, j]
-            _panel(ax, hist, stats, {"init": init, "layer": layer, "input": inp}, colors, "{}")
-            if i == 0:
-                ax.set_title(f"{layer} / {inp}", fontsize=7)
-            if j == 0:
-                ax.set_ylabel(init, fontsize=7)
-    handles = [plt.Line2D([], [], color=BEFORE_COLOR, label="before"), plt.Line2D([], [], color=AFTER_COLOR, label="after")]
-    fig.legend(handles=handles, loc="upper right", fontsize=8)
-    fig.suptitle("Figure 3: feature distributions (layer outputs) before vs after training", fontsize=10)
-    fig.subplots_adjust(left=0.04, right=0.99, top=0.92, bottom=0.04, wspace=0.25, hspace=0.45)
-    return save_figure(fig, run_dir / "figures" / "fig3_features")
+    cols = [(layer, inp) for layer in dict.fromkeys(stats["layer"]) for inp in inputs]
+    return _before_after_grid(run_dir, "features", ("layer", "input"), cols, "{} / {}",
+                              "Figure 3: feature distributions (layer outputs) before vs after training", "fig3_features", 1.55)
 
 
 def _stage_epoch(stage: str, last: int) -> int:
