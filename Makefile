@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/nndist reproduce --profile quick --data shapes --train-samples all --valid-samples all --out runs/demo --overwrite
+	$(BIN)/nndist reproduce --profile quick --data shapes --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -266,7 +266,7 @@ def small_net() -> nn.Module:
     for bn in (net.bn1, net.bn2):  # non-trivial running statistics
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
-    return net
+    return net.eval()  # tests of train-mode handling call .train() themselves
 
 
 def reference_grads(model: nn.Module, x: Tensor, losses_fn) -> dict[str, Tensor]:  # type: ignore[no-untyped-def]

@@ -75,6 +75,8 @@ class ReproduceConfig:
         eval_batch_size: batch size of measurement passes.
         checkpoint_every: also save training state every K steps (None: at epoch ends only).
         skip_bad_images: skip unreadable images instead of failing (they are listed).
+        from_profile: options filled in from the profile (set by :meth:`resolve`); a profile's
+            subset size larger than the data is reduced to all of it, an explicit one is an error.
     """
 
     profile: str = "quick"
@@ -100,15 +102,19 @@ class ReproduceConfig:
     eval_batch_size: int = 1000
     checkpoint_every: int | None = None
     skip_bad_images: bool = False
+    from_profile: tuple[str, ...] = ()
 
     def resolve(self) -> "ReproduceConfig":
         """Fills profile defaults and validates values; returns a new config."""
         if self.profile not in PROFILES:
             raise NndistError(f"unknown profile {self.profile!r}; valid profiles: {', '.join(PROFILES)}")
         values = dataclasses.asdict(self)
+        from_profile = list(values.get("from_profile") or [])
         for key, default in PROFILES[self.profile].items():
             if values[key] is None:
                 values[key] = default
+                from_profile.append(key)
+        values["from_profile"] = tuple(dict.fromkeys(from_profile))
         cfg = ReproduceConfig(**values)
         cfg.inits = tuple(cfg.inits)
         cfg.layers = tuple(cfg.layers)
@@ -131,6 +137,7 @@ class ReproduceConfig:
         d = dataclasses.asdict(self)
         d["inits"] = list(self.inits)
         d["layers"] = list(self.layers)
+        d["from_profile"] = list(self.from_profile)
         return d
 
 
@@ -382,13 +389,18 @@ class Study:
         train = load_split(cfg.data, "train", skip_bad_images=cfg.skip_bad_images, progress=self.progress)
         valid = load_split(cfg.data, "test", skip_bad_images=cfg.skip_bad_images, progress=self.progress)
         for option, value, split in (("--train-samples", cfg.train_samples, train), ("--valid-samples", cfg.valid_samples, valid)):
+            if value != "all" and value > len(split.labels) and option[2:].replace("-", "_") in cfg.from_profile:
+                continue  # the profile's size, larger than this data set: take all of it
             if value != "all" and value > len(split.labels):
                 raise NndistError(
                     f"{option} {value}: the {split.split} split of {cfg.data} has {len(split.labels)} images; "
                     f"pass a number from 1 to {len(split.labels)}, or 'all'"
                 )
-        self.train_idx = stratified_subset(train.labels, cfg.train_samples, seed=cfg.seed)
-        self.valid_idx = stratified_subset(valid.labels, cfg.valid_samples, seed=cfg.seed)
+        def size(value: int | str, split: Any) -> int | str:
+            return "all" if value == "all" or value >= len(split.labels) else value
+
+        self.train_idx = stratified_subset(train.labels, size(cfg.train_samples, train), seed=cfg.seed)
+        self.valid_idx = stratified_subset(valid.labels, size(cfg.valid_samples, valid), seed=cfg.seed)
         self.x_train = train.normalized(self.mean, self.std, indices=self.train_idx, device=self.device)
         self.y_train = train.labels[self.train_idx].to(self.device)
         self.x_valid = valid.normalized(self.mean, self.std, indices=self.valid_idx, device=self.device)

@@ -116,7 +116,7 @@ def config_from_args(args: argparse.Namespace):
         if unknown:
             raise NndistError(f"{source}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         values.update(loaded)
-        for key in ("inits", "layers", "mean", "std"):
+        for key in ("inits", "layers", "mean", "std", "from_profile"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
     for name in FLAG_FIELDS:
