@@ -25,6 +25,9 @@ from nndist.reproduce import feature_summaries  # noqa: E402
 
 
 def main() -> None:
+    from nndist.allocator import tune_allocator
+
+    tune_allocator()  # as the nndist command does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=10000)
     ap.add_argument("--batch-size", type=int, default=1000)

@@ -149,6 +149,9 @@ def check_agreement(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def main() -> None:
+    from nndist.allocator import tune_allocator
+
+    tune_allocator()  # as the nndist command does; applies to every method measured here
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)

@@ -125,6 +125,9 @@ def stack_vs_alone(steps: int = 20) -> float:
 
 
 def main() -> None:
+    from nndist.allocator import tune_allocator
+
+    tune_allocator()  # as the nndist command does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=50000, help="training images (default 50000, all of CIFAR-10)")
     ap.add_argument("--data", help="image folder with train/ (default: $NNDIST_DATA_DIR/cifar10-jpeg or ../shared/data)")

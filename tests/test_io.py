@@ -33,3 +33,13 @@ def test_clean_temporaries_removes_leftovers(tmp_path):
     keep.write_text("done")
     assert clean_temporaries(tmp_path) == [leftover]
     assert keep.exists() and not leftover.exists()
+
+
+def test_tune_allocator_applies_on_glibc():
+    import platform
+
+    from nndist.allocator import tune_allocator
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc tuning applies to glibc only")
+    assert tune_allocator() is True
