@@ -416,16 +416,14 @@ class Study:
 
     def _build_runs(self) -> StackedRuns | None:
         """This rank's runs, stacked (None when it has none); checks layers and input shape first."""
-        from .inits import init_model
+        from .inits import INITS, init_model
         from .models import create_model
 
         # Every rank checks the model against the data (same error everywhere if it fails).
         probe = create_model(self.cfg.model, num_classes=len(self.classes))
         check_layers(probe, self.cfg.layers)
-        for key in self.keys:
-            from .inits import INITS
-
-            INITS.get(key.init)  # an unknown scheme fails before any work, listing the valid ones
+        for init in self.cfg.inits:
+            INITS.get(init)  # an unknown scheme fails before any work, listing the valid ones
         try:
             with torch.no_grad():
                 probe.eval()(self.x_train[:1].cpu())
