@@ -19,7 +19,8 @@ FIRST_CHANNELS = 15
 FORMATS = ("png",)
 
 
-def _safe(name: str) -> str:
+def layer_file_stem(name: str) -> str:
+    """A layer's module name as a file-name stem (also used for the per-sample arrays)."""
     return name.replace("/", "_") or "model"
 
 
@@ -41,7 +42,7 @@ def figure4(stats: pd.DataFrame, layer: str, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Figure 4: distribution of Absorption and Emission of the first 15 channels", fontsize=10)
     fig.subplots_adjust(left=0.06, right=0.99, top=0.82, bottom=0.15, wspace=0.15)
-    return save_figure(fig, out_dir / f"fig4_{_safe(layer)}", formats=FORMATS)
+    return save_figure(fig, out_dir / f"fig4_{layer_file_stem(layer)}", formats=FORMATS)
 
 
 def heatmap(matrix: np.ndarray, layer: str, out_dir: Path) -> list[Path]:
@@ -55,7 +56,7 @@ def heatmap(matrix: np.ndarray, layer: str, out_dir: Path) -> list[Path]:
     ax.set_title(f"{layer}: mean ||LG c1→c2||", fontsize=9)
     ax.tick_params(labelsize=7)
     fig.colorbar(im, ax=ax)
-    return save_figure(fig, out_dir / f"heatmap_{_safe(layer)}", formats=FORMATS)
+    return save_figure(fig, out_dir / f"heatmap_{layer_file_stem(layer)}", formats=FORMATS)
 
 
 def write_gradient_figures(run_dir: str | Path) -> list[Path]:

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from .errors import NndistError
+from .figures_gradients import layer_file_stem
 from .io import atomic_path, write_json, write_parquet
 from .reproduce import _device, _from_saved, _now, _to_saveable, _versions, prepare_output_dir
 from .stats import Summary
@@ -72,8 +73,6 @@ class GradientsConfig:
         return d
 
 
-def _safe(name: str) -> str:
-    return name.replace("/", "_") or "model"
 
 
 class GradientStudy:
@@ -141,7 +140,7 @@ class GradientStudy:
         self.totals_maxrel = 0.0
 
     def _per_sample_path(self, layer: str, stat: str, tmp: bool = True) -> Path:
-        name = f"{_safe(layer)}.{stat}.npy"
+        name = f"{layer_file_stem(layer)}.{stat}.npy"
         return self.out / "per_sample" / (f".{name}.partial" if tmp else name)
 
     def _open_arrays(self, create: bool) -> None:
@@ -345,7 +344,6 @@ class GradientStudy:
         write_parquet(self.out / "gradients.parquet", pd.DataFrame(rows))
         for (name, stat), arr in self.arrays.items():
             arr.flush()
-            del arr
             self._per_sample_path(name, stat).replace(self._per_sample_path(name, stat, tmp=False))
         self.arrays = {}
         if self.cfg.per_sample:

@@ -534,22 +534,26 @@ class Study:
             )
 
     # ---- persistence --------------------------------------------------------------------
-    def _collect(self) -> tuple[_Tables, list[dict[str, Any]]] | None:
-        """Every rank's tables, shifts and run status, merged on rank 0 (None elsewhere)."""
+    def _collect(self, extra: Any = None) -> tuple[_Tables, list[dict[str, Any]], list[tuple]] | None:
+        """Every rank's tables, shifts, run status and ``extra``, gathered once to rank 0.
+
+        Returns, on rank 0 only, the merged tables and shifts and the per-rank parts
+        ``(tables, shifts, status, extra)``; None elsewhere.
+        """
         from .distributed import gather_to_main
 
         mine = {k.name: self.status[k.name] for k in self.my_keys}
-        gathered = gather_to_main((dataclasses.asdict(self.tables), self.shifts, mine), self.dist)
+        parts = gather_to_main((dataclasses.asdict(self.tables), self.shifts, mine, extra), self.dist)
         if not self.dist.is_main:
             return None
         merged = _Tables()
         shifts: list[dict[str, Any]] = []
-        for tables, part_shifts, status in gathered:
+        for tables, part_shifts, status, _ in parts:
             for name, rows in tables.items():
                 getattr(merged, name).extend(rows)
             shifts.extend(part_shifts)
             self.status.update(status)
-        return merged, shifts
+        return merged, shifts, parts
 
     def _write_tables(self, tables: _Tables, shifts: list[dict[str, Any]]) -> None:
         # Rows are ordered by stage (or step), then by the run's place in the config, so the
@@ -587,20 +591,18 @@ class Study:
 
     def _save_state(self, runs: StackedRuns | None, opt: torch.optim.Optimizer | None, epoch: int, step_in_epoch: int, global_step: int) -> None:
         """Rank 0 saves every rank's training state in one file, then the tables so far."""
-        from .distributed import gather_to_main
-
         mine = {
             "runs": runs.state_dict() if runs is not None else None,
             "optimizer": opt.state_dict() if opt is not None else None,
-            "tables": _to_saveable(dataclasses.asdict(self.tables)),
             "before": [[list(k), _to_saveable(v.state_dict())] for k, v in self.before.items()],
-            "status": json.dumps({k.name: self.status[k.name] for k in self.my_keys}),
             "epoch_acc": _to_saveable(self._epoch_acc),
         }
-        gathered = gather_to_main(mine, self.dist)
-        collected = self._collect()
-        if not self.dist.is_main:
+        collected = self._collect(mine)
+        if collected is None:
             return
+        tables, shifts, parts = collected
+        # Each rank's own tables and run status travel with its state, for --resume.
+        ranks = [dict(extra, tables=_to_saveable(t), status=json.dumps(status)) for t, _, status, extra in parts]
         state = {
             "version": 2,
             "config": json.dumps(self.cfg.to_dict()),
@@ -608,12 +610,12 @@ class Study:
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "global_step": global_step,
-            "ranks": gathered,
+            "ranks": ranks,
             "timings": json.dumps(self.timings),
         }
         with atomic_path(self.out / STATE_FILE) as tmp:
             torch.save(state, tmp)
-        self._write_tables(*collected)
+        self._write_tables(tables, shifts)
         write_json(self.out / "manifest.json", self._manifest())
 
     def _load_state(self, runs: StackedRuns | None, opt: torch.optim.Optimizer | None) -> tuple[int, int, int]:
@@ -740,7 +742,7 @@ class Study:
                 self.status[key.name]["status"] = "done"
         collected = self._collect()
         if main:
-            self._write_tables(*collected)
+            self._write_tables(*collected[:2])
             if report:
                 self._finish()
             write_json(self.out / "manifest.json", self._manifest(finished=True))
