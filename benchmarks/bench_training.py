@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from nndist.data import CIFAR10_MEAN, CIFAR10_STD, generate_shapes, load_split, stratified_subset  # noqa: E402
 from nndist.inits import PAPER_INITS, init_model  # noqa: E402
 from nndist.models import create_model  # noqa: E402
-from nndist.training import StackedRuns  # noqa: E402
+from nndist.training import StackedRuns, stacked_adam  # noqa: E402
 
 
 def image_folder(args) -> Path:
@@ -89,7 +89,7 @@ def batched(root: Path, indices: np.ndarray, batch: int) -> float:
     x = data.normalized(CIFAR10_MEAN, CIFAR10_STD, indices=indices)
     y = data.labels[indices]
     runs = StackedRuns(models())
-    opt = torch.optim.Adam(runs.params.values(), lr=1e-4)
+    opt = stacked_adam(runs, lr=1e-4)
     order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(0))
     for start in range(0, len(indices), batch):
         idx = order[start : start + batch]
@@ -106,7 +106,7 @@ def stack_vs_alone(steps: int = 20) -> float:
     ms = models()
     alone = [copy.deepcopy(m) for m in ms]
     runs = StackedRuns(ms)
-    opt = torch.optim.Adam(runs.params.values(), lr=1e-4)
+    opt = stacked_adam(runs, lr=1e-4)
     opts = [torch.optim.Adam(m.parameters(), lr=1e-4) for m in alone]
     for _ in range(steps):
         x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))

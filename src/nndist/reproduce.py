@@ -34,7 +34,7 @@ from . import __version__
 from .errors import NndistError
 from .io import atomic_path, clean_temporaries, write_json, write_parquet
 from .stats import Summary, ks_distance, wasserstein
-from .training import StackedRuns, evaluate_runs
+from .training import StackedRuns, evaluate_runs, stacked_adam
 
 PROFILES: dict[str, dict[str, Any]] = {
     # About 10K train / 2K valid images, 3 epochs, all seven inits: minutes on a laptop CPU.
@@ -688,7 +688,7 @@ class Study:
         if error:
             raise NndistError(error)
         self.started = broadcast_from_main(started, self.dist)
-        opt = torch.optim.Adam(runs.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay) if runs is not None else None
+        opt = stacked_adam(runs, cfg.lr, cfg.weight_decay) if runs is not None else None
         n_train = self.x_train.shape[0]
         steps_per_epoch = (n_train + cfg.batch_size - 1) // cfg.batch_size
 

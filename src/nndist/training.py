@@ -9,6 +9,17 @@ independent Adams; the loss is the sum of the R per-run mean losses, so each run
 its own. Each run's result therefore equals training it alone, up to float32 rounding in the
 batched kernels (measured in ``benchmarks/bench_training.py``).
 
+For the paper's CNN the stacked network is also written out by hand (:func:`paper_cnn_stacked`):
+the first convolution sees the same input in every run, so it is one ordinary convolution with
+R x 16 output channels; the later convolutions are grouped convolutions (groups = R); the linear
+layers are batched matrix products laid out so that every gradient comes out contiguous; the
+activations are channels-last, where this CPU's max pooling is ten times faster; and each
+max pooling comes before its ReLU (the same values and the same gradients: max commutes with a
+monotone function, and the pooled maximum is the one the ReLU then passes or blocks). On this
+CPU one step of 7 runs at batch 64 takes 115-125 ms against 160-200 ms vmapped. It is tested
+against vmap and against each model trained alone, in float64 (``tests/test_training.py``).
+Any other architecture uses :func:`torch.func.vmap`.
+
 A run whose loss becomes non-finite is marked diverged at that step and frozen (its parameters
 keep the last finite values); the others go on.
 """
@@ -16,12 +27,47 @@ keep the last finite values); the others go on.
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
+
+from .models import PaperCNN
+
+
+def paper_cnn_stacked(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """R stacked paper CNNs (Table 1) on one shared batch, without vmap.
+
+    Args:
+        params: the stacked parameters of :class:`~nndist.models.PaperCNN`, each (R, *shape).
+        x: (B, 3, 32, 32) inputs shared by every run.
+
+    Returns:
+        (R, B, num_classes) outputs, equal to running each model alone.
+    """
+    r = params["conv1.weight"].shape[0]
+    b = x.shape[0]
+    h = x.contiguous(memory_format=torch.channels_last)
+    # conv1: one convolution with R*16 output channels (the input is shared), (B, R*16, 32, 32)
+    h = F.conv2d(h, params["conv1.weight"].flatten(0, 1), params["conv1.bias"].flatten(), padding=1)
+    h = F.relu(F.max_pool2d(h, 2))  # (B, R*16, 16, 16); pool before ReLU: same values and gradients
+    h = F.conv2d(h, params["conv2.weight"].flatten(0, 1), params["conv2.bias"].flatten(), padding=1, groups=r)
+    h = F.relu(F.max_pool2d(h, 2))  # (B, R*16, 8, 8)
+    h = F.relu(F.conv2d(h, params["conv3.weight"].flatten(0, 1), params["conv3.bias"].flatten(), padding=1, groups=r))
+    # nn.Flatten's (c, y, x) order per run; columns are samples: (R, 1024, B)
+    h = h.reshape(b, r, -1).permute(1, 2, 0)
+    # Linear layers as W @ h^T, so that dL/dW = g @ h comes out contiguous in nn.Linear's layout.
+    h = F.relu(torch.baddbmm(params["fc1.bias"].unsqueeze(-1), params["fc1.weight"], h))  # (R, 512, B)
+    out = torch.baddbmm(params["fc2.bias"].unsqueeze(-1), params["fc2.weight"], h)  # (R, K, B)
+    return out.transpose(1, 2)
+
+
+# Hand-written stacked forwards, by exact model type: fn(params, x) -> (R, B, K).
+STACKED_FORWARDS: dict[type, Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]] = {
+    PaperCNN: paper_cnn_stacked,
+}
 
 
 class StackedRuns:
@@ -29,16 +75,19 @@ class StackedRuns:
 
     Args:
         models: R modules of identical architecture (their current parameters are copied).
+        fast: use the hand-written stacked forward where the architecture has one
+            (:data:`STACKED_FORWARDS`); ``False`` always uses :func:`torch.func.vmap`.
 
     Attributes:
         params: parameter name -> leaf tensor (R, *shape) that requires grad.
         buffers: buffer name -> tensor (R, *shape).
     """
 
-    def __init__(self, models: list[nn.Module]) -> None:
+    def __init__(self, models: list[nn.Module], fast: bool = True) -> None:
         if not models:
             raise ValueError("StackedRuns needs at least one model")
         self.base = copy.deepcopy(models[0]).to("meta")
+        self._stacked_forward = STACKED_FORWARDS.get(type(models[0])) if fast else None
         self.num_runs = len(models)
         self.params = {
             name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).clone().requires_grad_(True)
@@ -69,6 +118,10 @@ class StackedRuns:
         Returns:
             (R, B, num_classes) outputs.
         """
+        fast = self._stacked_forward
+        if fast is not None and x.dim() == 4 and tuple(x.shape[1:]) == tuple(getattr(self.base, "input_size", ())):
+            return fast(self.params, x)
+        # Everything else, including inputs of the wrong shape (the model's own error names them).
 
         def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> torch.Tensor:
             return functional_call(self.base, (params, buffers), (x,))
@@ -123,6 +176,20 @@ class StackedRuns:
                 self.buffers[k].copy_(v.to(device))
         self.frozen = state["frozen"].clone()
         self._frozen_values = {int(r): {k: v.to(device) for k, v in d.items()} for r, d in state["frozen_values"].items()}
+
+
+def stacked_adam(runs: StackedRuns, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """One Adam over all stacked parameters (elementwise, so R independent Adams).
+
+    Uses the fused implementation (one kernel for all parameters, about 10 % of a paper-CNN step
+    saved on this CPU) where the device supports it, else the default one. Both compute the same
+    update up to float32 rounding.
+    """
+    params = list(runs.params.values())
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # fused Adam not available for this device or dtype
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 @torch.no_grad()
