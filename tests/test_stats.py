@@ -11,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nndist import kernels
 from nndist.errors import NndistError
 from nndist.stats import (
     SUMMARY_COLUMNS,
@@ -114,8 +115,11 @@ def test_float32_large_batch_spans_chunks() -> None:
     assert s.histogram()[1].sum() == x.numel()
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "torch"])
 @pytest.mark.parametrize("kind", KINDS + ["huge", "tiny", "relu"])
-def test_float32_fast_path_accuracy(kind: str) -> None:
+def test_float32_fast_path_accuracy(kind: str, compiled: bool, monkeypatch) -> None:  # noqa: ANN001
+    """Both float32 paths: the compiled CPU kernel and the torch passes (other devices)."""
+    monkeypatch.setattr(kernels, "AVAILABLE", compiled and kernels.AVAILABLE)
     rng = np.random.default_rng(5)
     n = 200_000
     if kind == "huge":  # scaled by a power of two inside
