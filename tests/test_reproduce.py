@@ -199,7 +199,23 @@ def test_one_run_diverging_leaves_others_training(tmp_path, monkeypatch):
     assert torch.isfinite(runs.params["conv1.weight"][1]).all()
 
 
-def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
+def _as_version_2(state_file):
+    """Rewrites a training state in the previous format (tables as rows, version 2)."""
+    from nndist.reproduce import TABLE_COLUMNS, _decode_chunks
+    from nndist.rundir import to_saveable
+
+    state = torch.load(state_file, weights_only=True)
+    assert state["version"] == 3
+    for rank in state["ranks"]:
+        rank["tables"] = to_saveable(
+            {name: _decode_chunks(rank["tables"][name], cols).to_dict("records") for name, cols in TABLE_COLUMNS.items()}
+        )
+    state["version"] = 2
+    torch.save(state, state_file)
+
+
+@pytest.mark.parametrize("legacy_state", [False, True], ids=["state-v3", "state-v2"])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, legacy_state):
     cfg = tiny(inits=("orthogonal", "xavier_uniform"), epochs=2, checkpoint_every=3)
     ref = run_reproduce(cfg, tmp_path / "ref", progress=False, report=False)
 
@@ -216,13 +232,15 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_reproduce(cfg, tmp_path / "res", progress=False, report=False)
     monkeypatch.setattr(StackedRuns, "restore_frozen", original)
+    if legacy_state:
+        _as_version_2(tmp_path / "res" / "state" / "train.pt")
     res = run_reproduce(cfg, tmp_path / "res", resume=True, progress=False, report=False)
     for init in ("orthogonal", "xavier_uniform"):
         a = load_file(ref / "checkpoints" / init / "after.safetensors")
         b = load_file(res / "checkpoints" / init / "after.safetensors")
         for k in a:
             assert torch.equal(a[k], b[k]), k
-    for table in ("loss", "accuracy", "weights", "features"):
+    for table in ("loss", "accuracy", "weights", "features", "histograms", "shifts"):
         pd.testing.assert_frame_equal(pd.read_parquet(ref / f"{table}.parquet"), pd.read_parquet(res / f"{table}.parquet"))
 
 

@@ -24,7 +24,7 @@ import torch
 from .errors import NndistError
 from .figures_gradients import layer_file_stem
 from .io import atomic_path, write_json, write_parquet
-from .reproduce import _device, _from_saved, _now, _to_saveable, _versions, prepare_output_dir
+from .rundir import finish_run_directory, from_saved, prepare_output_dir, resolve_device, to_saveable, utc_now, versions
 from .stats import Summary
 
 STATS = ("emission", "absorption")
@@ -165,7 +165,7 @@ class GradientStudy:
             "version": 2,
             "config": json.dumps(self.cfg.to_dict()),
             "done": self.done,
-            "summaries": [[list(k), _to_saveable(s.state_dict())] for k, s in self.summaries.items()],
+            "summaries": [[list(k), to_saveable(s.state_dict())] for k, s in self.summaries.items()],
             "norm_sum": {k: torch.from_numpy(v) for k, v in self.norm_sum.items()},
             "totals_maxrel": self.totals_maxrel,
         }
@@ -184,7 +184,7 @@ class GradientStudy:
             raise NndistError(f"gradients state {path} was written by another nndist version; start again with --overwrite")
         if json.loads(state["config"]) != self.cfg.to_dict():
             raise NndistError(f"--resume {self.out}: options differ from the interrupted run; resume with the same options")
-        self.summaries = {tuple(k): Summary.from_state_dict(_from_saved(v)) for k, v in state["summaries"]}
+        self.summaries = {tuple(k): Summary.from_state_dict(from_saved(v)) for k, v in state["summaries"]}
         self.norm_sum = {k: v.numpy().copy() for k, v in state["norm_sum"].items()}
         self.done = int(state["done"])
         self.totals_maxrel = float(state["totals_maxrel"])
@@ -194,7 +194,7 @@ class GradientStudy:
         return {
             "kind": "gradients",
             "config": self.cfg.to_dict(),
-            "versions": _versions(),
+            "versions": versions(),
             "model": self.cfg.model,
             "device": str(self.device),
             "normalisation": {"mean": list(self.mean), "std": list(self.std)},
@@ -208,7 +208,7 @@ class GradientStudy:
             "identity_max_rel_diff": self.totals_maxrel,
             "timings": self.timings,
             "started": self.started,
-            "finished": _now() if finished else None,
+            "finished": utc_now() if finished else None,
         }
 
     def _process(self, batch: int) -> dict[tuple[str, str], np.ndarray] | None:
@@ -273,9 +273,9 @@ class GradientStudy:
         from .distributed import barrier, broadcast_from_main, gather_to_main, rank_device, setup
 
         self.dist = setup(self.cfg.device)
-        self.device = _device(rank_device(self.cfg.device, self.dist))
+        self.device = resolve_device(rank_device(self.cfg.device, self.dist))
         main = self.dist.is_main
-        self.started = _now()
+        self.started = utc_now()
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         # Data, model and layers are checked before the output directory is touched.
@@ -329,8 +329,6 @@ class GradientStudy:
         if main:
             self._write_outputs(figures=report)
             if report:
-                from .reproduce import finish_run_directory
-
                 finish_run_directory(self.out)
             write_json(self.out / "manifest.json", self._manifest(True))
         barrier(self.dist)

@@ -17,6 +17,7 @@ The torch path stays for other devices and as the literal twin the tests compare
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 try:  # pragma: no cover - exercised by the import itself
     import numba
@@ -80,7 +81,7 @@ if AVAILABLE:
 
 
 def power_sums_and_counts(
-    x: np.ndarray, shift: int, key_bits: int
+    x: np.ndarray, shift: int, key_bits: int, threads: int | None = None
 ) -> tuple[np.ndarray, float, float, float, np.ndarray] | None:
     """Power sums, extremes and bit-pattern bucket counts of float32 values, in one pass.
 
@@ -89,6 +90,8 @@ def power_sums_and_counts(
         shift: the key of value ``v`` is ``(bits(v) >> shift) & (2^key_bits - 1)``, with
             ``bits(v)`` its int32 bit pattern: sign, exponent and the top mantissa bits.
         key_bits: number of key bits (``2^key_bits`` counters).
+        threads: threads to use (default: torch's intra-op thread count, which torchrun sets to
+            1 per process when it starts several, capped by numba's maximum).
 
     Returns:
         ``None`` if ``x`` holds NaN or Inf (the caller takes its general path), else
@@ -104,7 +107,12 @@ def power_sums_and_counts(
     if not np.isfinite(sample).all():
         return None
     ref = float(np.mean(sample, dtype=np.float64))
-    sums, extremes, bad, counts = _kernel(x, ref, int(shift), (1 << key_bits) - 1, 1 << key_bits, numba.get_num_threads())
+    if threads is None:
+        threads = torch.get_num_threads()
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    sums, extremes, bad, counts = _kernel(x, ref, int(shift), (1 << key_bits) - 1, 1 << key_bits, threads)
     if bad.any():
         return None
     return sums.sum(0), ref, float(extremes[:, 0].min()), float(extremes[:, 1].max()), counts.sum(0)
