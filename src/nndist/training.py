@@ -13,7 +13,7 @@ For the paper's CNN the stacked network is also written out by hand (:func:`pape
 the first convolution sees the same input in every run, so it is one ordinary convolution with
 R x 16 output channels; the later convolutions are grouped convolutions (groups = R); the linear
 layers are batched matrix products laid out so that every gradient comes out contiguous; the
-activations are channels-last, where this CPU's max pooling is ten times faster; and each
+activations are channels-last, where this CPU's max pooling is about five times faster; and each
 max pooling comes before its ReLU (the same values and the same gradients: max commutes with a
 monotone function, and the pooled maximum is the one the ReLU then passes or blocks). On this
 CPU one step of 7 runs at batch 64 takes 115-125 ms against 160-200 ms vmapped. It is tested
