@@ -5,9 +5,9 @@ moments and the bucket keys of the sketch. In torch each is a separate pass with
 tensor (about 4.7 ns per value on this project's 2-core CPU, 1.2 times the forward pass that
 produced the values). :func:`power_sums_and_counts` does all of it (extremes, finiteness check,
 power sums in float64, bucket counts) in one read of the values on all threads: the per-value
-work of a float32 scalar summary of a CPU tensor. Results do not depend on the number of threads: the
-power sums are accumulated per fixed block of :data:`BLOCK` values and the blocks added in
-order; the counts are integers.
+work of a float32 scalar summary of a CPU tensor. Results do not depend on the number of
+threads: the power sums are accumulated per fixed block of :data:`BLOCK` values and the blocks
+added in order; the counts are integers.
 
 The torch path stays for other devices and as the literal twin the tests compare with
 (``tests/test_kernels.py``). If numba cannot be imported, :data:`AVAILABLE` is False and

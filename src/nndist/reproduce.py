@@ -310,7 +310,8 @@ class _TableChunks:
 
     The training state and the gather between processes carry these chunks instead of the
     rows themselves: a paper run's 270K loss rows and 190K histogram rows as Python dicts took
-    15-20 s to copy, pickle and unpickle at every epoch end.
+    15-20 s to copy, pickle and unpickle at every epoch end. A table's chunk count changes
+    exactly when it gained rows, so unchanged tables are neither decoded nor rewritten.
     """
 
     def __init__(self) -> None:
@@ -341,7 +342,7 @@ class Study:
         self.keys = [RunKey(init, s) for init in self.cfg.inits for s in range(self.cfg.seeds)]
         self.tables = _Tables()
         self._chunks = _TableChunks()
-        self._written: dict[str, int] = {}  # rows of each table file as last written (rank 0)
+        self._written: dict[str, int] = {}  # chunks behind each table file as last written (rank 0)
         self.before: dict[tuple, Summary] = {}
         self.status: dict[str, dict[str, Any]] = {
             k.name: {"init": k.init, "seed": k.seed, "status": "pending", "diverged_at_step": None}
@@ -508,11 +509,11 @@ class Study:
             )
 
     # ---- persistence --------------------------------------------------------------------
-    def _collect(self, extra: Any = None) -> tuple[dict[str, pd.DataFrame], list[dict[str, Any]], list[tuple]] | None:
+    def _collect(self, extra: Any = None) -> tuple[dict[str, list[torch.Tensor]], list[dict[str, Any]], list[tuple]] | None:
         """Every rank's tables (encoded chunks), shifts, run status and ``extra``, gathered to rank 0.
 
-        Returns, on rank 0 only, each table's rows from all ranks as one DataFrame, the shifts,
-        and the per-rank parts ``(chunks, shifts, status, extra)``; None elsewhere.
+        Returns, on rank 0 only, each table's chunks from all ranks (rank by rank, in order), the
+        shifts, and the per-rank parts ``(chunks, shifts, status, extra)``; None elsewhere.
         """
         from .distributed import gather_to_main
 
@@ -524,13 +525,10 @@ class Study:
         for _, part_shifts, status, _ in parts:
             shifts.extend(part_shifts)
             self.status.update(status)
-        frames = {
-            name: _decode_chunks([c for chunks, *_ in parts for c in chunks[name]], columns)
-            for name, columns in TABLE_COLUMNS.items()
-        }
-        return frames, shifts, parts
+        tables = {name: [c for chunks, *_ in parts for c in chunks[name]] for name in TABLE_COLUMNS}
+        return tables, shifts, parts
 
-    def _write_tables(self, tables: dict[str, pd.DataFrame], shifts: list[dict[str, Any]]) -> None:
+    def _write_tables(self, tables: dict[str, list[torch.Tensor]], shifts: list[dict[str, Any]]) -> None:
         # Rows are ordered by stage (or step), then by the run's place in the config, so the
         # tables are the same whatever the number of processes.
         run_index = {(k.init, k.seed): i for i, k in enumerate(self.keys)}
@@ -555,12 +553,14 @@ class Study:
             "histograms.parquet": ("histograms", "stage"),
         }
         for name, (table, first) in files.items():
-            df = tables[table]
-            # Tables only grow: one with as many rows as last written is unchanged.
-            if not len(df.columns) or self._written.get(name) == len(df):
+            chunks = tables[table]
+            # Tables only grow, a chunk per save that added rows: same chunk count, same table.
+            if self._written.get(name) == len(chunks):
                 continue
-            write_parquet(self.out / name, ordered(df, first))
-            self._written[name] = len(df)
+            self._written[name] = len(chunks)
+            df = _decode_chunks(chunks, TABLE_COLUMNS[table])
+            if len(df.columns):
+                write_parquet(self.out / name, ordered(df, first))
         if shifts:
             write_parquet(self.out / "shifts.parquet", ordered(pd.DataFrame(shifts), None))
 

@@ -525,7 +525,7 @@ class Summary:
             sums = (lo, 0.0, 0.0, 0.0)
         else:
             sums = self._moments32(x, lo, hi, spread)
-        self._merge_batch(np.array([n]), *(np.array([v]) for v in sums), np.array([lo]), np.array([hi]))
+        self._merge_scalar(n, sums, lo, hi)
         if self._m <= 6:
             self._sketch_fast32(x)
         else:
@@ -545,8 +545,7 @@ class Summary:
             return False
         sums, ref, lo, hi, counts = result
         n = x.numel()
-        moments = _central_sums(*sums.tolist(), n, ref)
-        self._merge_batch(np.array([n]), *(np.array([v]) for v in moments), np.array([lo]), np.array([hi]))
+        self._merge_scalar(n, _central_sums(*sums.tolist(), n, ref), lo, hi)
         self._add_key_counts(x, counts)
         return True
 
@@ -619,6 +618,10 @@ class Summary:
         has = nb > 0
         self._min = np.where(has, np.minimum(self._min, lo), self._min)
         self._max = np.where(has, np.maximum(self._max, hi), self._max)
+
+    def _merge_scalar(self, n: int, moments: Sequence[float], lo: float, hi: float) -> None:
+        """Merges one batch of a scalar summary: its count, (mean, M2, M3, M4) and extremes."""
+        self._merge_batch(np.array([n]), *(np.array([v]) for v in moments), np.array([lo]), np.array([hi]))
 
     def _update_chunk(self, x: torch.Tensor) -> None:
         """Digests one (N, C) chunk on the float64 path; see :meth:`update`."""
