@@ -18,7 +18,7 @@ from nndist.errors import NndistError
 from nndist.inits import PAPER_INITS, init_model
 from nndist.models import create_model
 from nndist.reproduce import ReproduceConfig, run_reproduce
-from nndist.training import StackedRuns
+from nndist.training import RunSet, run_adam
 
 RUN_FILES = [
     "manifest.json",
@@ -129,37 +129,34 @@ def _models(inits, seed=1):
     return out
 
 
-def test_stacked_training_equals_training_alone():
-    """All inits trained together equal each trained alone, within float32 rounding."""
+def test_runs_trained_together_equal_training_alone():
+    """All inits trained together equal each trained alone (bit for bit: no op mixes runs)."""
     torch.manual_seed(0)
     inits = ["orthogonal", "kaiming_uniform", "xavier_normal"]
     models = _models(inits)
     alone = [copy.deepcopy(m) for m in models]
-    runs = StackedRuns(models)
-    opt = torch.optim.Adam(runs.params.values(), lr=1e-4)
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-4) for m in alone]
+    runs = RunSet(models)
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-    opt.zero_grad()
     loss, _ = runs.losses(x, y)
     loss.sum().backward()
     for r, m in enumerate(alone):
-        opts[r].zero_grad()
         F.cross_entropy(m(x), y).backward()
         assert loss[r].item() == pytest.approx(F.cross_entropy(m(x), y).item(), rel=1e-5)
+        trained = dict(runs.models[r].named_parameters())
         for name, p in m.named_parameters():
-            torch.testing.assert_close(runs.params[name].grad[r], p.grad, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(trained[name].grad, p.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_zeros_init_has_no_dynamics():
     """Under zeros only fc2's bias has a non-zero gradient, so everything else stays exactly zero."""
-    runs = StackedRuns(_models(["zeros"]))
-    opt = torch.optim.Adam(runs.params.values(), lr=1e-4)
+    runs = RunSet(_models(["zeros"]))
+    opt = torch.optim.Adam(runs.parameters(), lr=1e-4)
     for _ in range(5):
         opt.zero_grad()
         loss, _ = runs.losses(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
         loss.sum().backward()
         opt.step()
-    for name, p in runs.params.items():
+    for name, p in runs.models[0].named_parameters():
         if name == "fc2.bias":
             assert torch.count_nonzero(p) > 0
         else:
@@ -183,20 +180,14 @@ def test_one_run_diverging_leaves_others_training(tmp_path, monkeypatch):
     models = _models(["orthogonal", "xavier_uniform"])
     with torch.no_grad():
         models[0].fc2.bias.fill_(float("nan"))
-    runs = StackedRuns(models)
-    opt = torch.optim.Adam(runs.params.values(), lr=1e-3)
-    before = {k: v.detach().clone() for k, v in runs.params.items()}
-    loss, _ = runs.losses(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
-    assert not torch.isfinite(loss[0]) and torch.isfinite(loss[1])
-    runs.freeze([0])
-    active = ~runs.frozen
-    opt.zero_grad()
-    torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
-    opt.step()
-    runs.restore_frozen()
-    assert torch.equal(runs.params["conv1.weight"][0], before["conv1.weight"][0])
-    assert not torch.equal(runs.params["conv1.weight"][1], before["conv1.weight"][1])
-    assert torch.isfinite(runs.params["conv1.weight"][1]).all()
+    runs = RunSet(models)
+    opt = run_adam(runs, lr=1e-3)
+    before = [m.conv1.weight.detach().clone() for m in runs.models]
+    loss, _, newly = runs.step(opt, torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    assert not torch.isfinite(loss[0]) and torch.isfinite(loss[1]) and newly == [0]
+    assert torch.equal(runs.models[0].conv1.weight, before[0])
+    assert not torch.equal(runs.models[1].conv1.weight, before[1])
+    assert torch.isfinite(runs.models[1].conv1.weight).all()
 
 
 def _as_version_2(state_file):
@@ -220,18 +211,18 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, l
     ref = run_reproduce(cfg, tmp_path / "ref", progress=False, report=False)
 
     calls = {"n": 0}
-    original = StackedRuns.restore_frozen
+    original = RunSet.step
 
-    def interrupt(self):
+    def interrupt(self, *args):
         calls["n"] += 1
         if calls["n"] == 7:  # mid-epoch 2, after the step-6 checkpoint
             raise KeyboardInterrupt
-        return original(self)
+        return original(self, *args)
 
-    monkeypatch.setattr(StackedRuns, "restore_frozen", interrupt)
+    monkeypatch.setattr(RunSet, "step", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_reproduce(cfg, tmp_path / "res", progress=False, report=False)
-    monkeypatch.setattr(StackedRuns, "restore_frozen", original)
+    monkeypatch.setattr(RunSet, "step", original)
     if legacy_state:
         _as_version_2(tmp_path / "res" / "state" / "train.pt")
     res = run_reproduce(cfg, tmp_path / "res", resume=True, progress=False, report=False)
@@ -314,3 +305,12 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     ma = json.loads((tmp_path / "one" / "manifest.json").read_text())
     mb = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert ma["runs"] == mb["runs"] and ma["subsets"] == mb["subsets"]
+
+
+def test_a_run_without_training_steps_says_so_on_figure_1(tmp_path):
+    """Zero epochs leave the loss table empty: Figure 1 is drawn with a note, not a warning."""
+    run = run_reproduce(tiny(inits=("zeros",), epochs=0), tmp_path / "run", progress=False)
+    assert pd.read_parquet(run / "loss.parquet").empty
+    svg = (run / "figures" / "fig1_loss.svg").read_text()
+    assert "no training loss recorded yet" in svg
+    assert (run / "report.html").is_file()

@@ -130,11 +130,15 @@ def figure_loss(run_dir: Path) -> list[Path]:
                 ax.fill_between(x, np.nanmin(stack, 0), np.nanmax(stack, 0), color=line.get_color(), alpha=0.2, linewidth=0)
         ax.axhline(math.log(10), color="k", linestyle=":", linewidth=0.8, label="ln 10")
     # Log scale: a diverging init (ones reaches ~1e7) would otherwise flatten every other curve.
-    ax.set_yscale("log")
+    if ax.get_lines():
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, ncol=2)
+    else:  # a run stopped before its first step: say so on the figure
+        ax.text(0.5, 0.5, "no training loss recorded yet\n(the run stopped before its first step)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.4")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (cross-entropy, log scale)")
     ax.set_title("Figure 1: training loss per initialisation")
-    ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     return save_figure(fig, run_dir / "figures" / "fig1_loss")
 

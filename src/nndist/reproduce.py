@@ -32,7 +32,7 @@ from .errors import NndistError
 from .io import atomic_path, write_json, write_parquet
 from .rundir import finish_run_directory, from_saved, prepare_output_dir, resolve_device, to_saveable, utc_now, versions
 from .stats import Summary, ks_distance, wasserstein
-from .training import StackedRuns, evaluate_runs, stacked_adam
+from .training import RunSet, evaluate_runs, load_optimizer_state, run_adam
 
 PROFILES: dict[str, dict[str, Any]] = {
     # About 10K train / 2K valid images, 3 epochs, all seven inits: minutes on a laptop CPU.
@@ -389,7 +389,7 @@ class Study:
             if bad:
                 raise NndistError(f"{bad} non-finite values in the normalised {name} inputs; check --mean/--std (std must be non-zero)")
 
-    def _build_runs(self) -> StackedRuns | None:
+    def _build_runs(self) -> RunSet | None:
         """This rank's runs, stacked (None when it has none); checks layers and input shape first."""
         from .inits import INITS, init_model
         from .models import create_model
@@ -415,7 +415,7 @@ class Study:
             model = create_model(self.cfg.model, num_classes=len(self.classes))
             init_model(model, key.init, gain=self.cfg.gain, bias_init=_bias_init(self.cfg.bias_init), generator=self.cfg.init_seed + key.seed)
             models.append(model)
-        return StackedRuns(models).to(self.device)
+        return RunSet(models).to(self.device)
 
     def _manifest(self, finished: bool = False) -> dict[str, Any]:
         return {
@@ -439,7 +439,7 @@ class Study:
         }
 
     # ---- measurement --------------------------------------------------------------------
-    def _measure(self, runs: StackedRuns | None, stage: str) -> None:
+    def _measure(self, runs: RunSet | None, stage: str) -> None:
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
@@ -488,7 +488,7 @@ class Study:
             }
         )
 
-    def _save_checkpoints(self, runs: StackedRuns | None, stage: str) -> None:
+    def _save_checkpoints(self, runs: RunSet | None, stage: str) -> None:
         """Rank 0 writes every run's checkpoint (the others send theirs)."""
         from .distributed import gather_to_main
         from .models import save_checkpoint
@@ -564,7 +564,7 @@ class Study:
         if shifts:
             write_parquet(self.out / "shifts.parquet", ordered(pd.DataFrame(shifts), None))
 
-    def _save_state(self, runs: StackedRuns | None, opt: torch.optim.Optimizer | None, epoch: int, step_in_epoch: int, global_step: int) -> None:
+    def _save_state(self, runs: RunSet | None, opt: torch.optim.Optimizer | None, epoch: int, step_in_epoch: int, global_step: int) -> None:
         """Rank 0 saves every rank's training state in one file, then the tables so far."""
         mine = {
             "runs": runs.state_dict() if runs is not None else None,
@@ -593,7 +593,7 @@ class Study:
         self._write_tables(tables, shifts)
         write_json(self.out / "manifest.json", self._manifest())
 
-    def _load_state(self, runs: StackedRuns | None, opt: torch.optim.Optimizer | None) -> tuple[int, int, int]:
+    def _load_state(self, runs: RunSet | None, opt: torch.optim.Optimizer | None) -> tuple[int, int, int]:
         from .distributed import broadcast_from_main
 
         error, state = None, None
@@ -620,7 +620,7 @@ class Study:
         mine = state["ranks"][self.dist.rank]
         if runs is not None:
             runs.load_state_dict(mine["runs"])
-            opt.load_state_dict(mine["optimizer"])
+            load_optimizer_state(opt, mine["optimizer"], runs)
         if state["version"] >= 3:  # encoded chunks
             rows = {name: _decode_chunks(mine["tables"][name], cols).to_dict("records") for name, cols in TABLE_COLUMNS.items()}
         else:  # version 2: the rows themselves
@@ -667,7 +667,7 @@ class Study:
         if error:
             raise NndistError(error)
         self.started = broadcast_from_main(started, self.dist)
-        opt = stacked_adam(runs, cfg.lr, cfg.weight_decay) if runs is not None else None
+        opt = run_adam(runs, cfg.lr, cfg.weight_decay) if runs is not None else None
         n_train = self.x_train.shape[0]
         steps_per_epoch = (n_train + cfg.batch_size - 1) // cfg.batch_size
 
@@ -728,21 +728,12 @@ class Study:
         barrier(self.dist)
         return self.out
 
-    def _train_step(self, runs: StackedRuns, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor, epoch: int, global_step: int) -> None:
+    def _train_step(self, runs: RunSet, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor, epoch: int, global_step: int) -> None:
         """One Adam step of every run on the batch; a run whose loss is not finite is frozen."""
-        opt.zero_grad(set_to_none=True)
-        loss, out = runs.losses(xb, yb)
-        finite = torch.isfinite(loss.detach())
-        newly = [r for r in range(runs.num_runs) if not bool(finite[r]) and not bool(runs.frozen[r])]
-        if newly:
-            runs.freeze(newly)
-            for r in newly:
-                st = self.status[self.my_keys[r].name]
-                st["status"], st["diverged_at_step"] = "diverged", global_step
-        active = ~runs.frozen.to(loss.device)
-        torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
-        opt.step()
-        runs.restore_frozen()
+        loss, out, newly = runs.step(opt, xb, yb)
+        for r in newly:
+            st = self.status[self.my_keys[r].name]
+            st["status"], st["diverged_at_step"] = "diverged", global_step
         loss_cpu = loss.detach().double().cpu().numpy()
         for r, key in enumerate(self.my_keys):
             if self.status[key.name]["status"] != "diverged" or r in newly:
@@ -752,7 +743,7 @@ class Study:
         self._epoch_acc["loss_sum"] = self._epoch_acc["loss_sum"] + loss_cpu * xb.shape[0]
         self._epoch_acc["seen"] += xb.shape[0]
 
-    def _end_epoch(self, runs: StackedRuns | None, epoch: int) -> None:
+    def _end_epoch(self, runs: RunSet | None, epoch: int) -> None:
         if runs is not None:
             acc_v, loss_v = evaluate_runs(runs, self.x_valid, self.y_valid, self.cfg.eval_batch_size)
         seen = max(self._epoch_acc["seen"], 1)

@@ -1,27 +1,27 @@
-"""Training many initialisations of one architecture together, as one batched computation.
+"""Training many initialisations of one architecture together, each run computed on its own.
 
 The initialisation study trains the same network from several initialisations (and seeds) on
-the same sequence of batches. Instead of R sequential training loops, the R parameter sets are
-stacked along a new leading dimension and the network runs once per batch under
-:func:`torch.func.vmap`: convolutions become one grouped convolution, linear layers one batched
-matrix product. Adam is elementwise, so a single Adam over the stacked parameters is exactly R
-independent Adams; the loss is the sum of the R per-run mean losses, so each run's gradient is
-its own. Each run's result therefore equals training it alone, up to float32 rounding in the
-batched kernels (measured in ``benchmarks/bench_training.py``).
+the same sequence of batches. A :class:`RunSet` holds the R models and takes one step of all of
+them per batch: each run's forward pass uses only its own parameters, in ops of the same shapes
+as when it is trained alone, the loss is the sum of the R per-run mean losses (so each run's
+gradient is its own), and one fused Adam updates every parameter tensor. Adam is elementwise and
+runs tensor by tensor, so this is exactly R independent Adams.
 
-For the paper's CNN the stacked network is also written out by hand (:func:`paper_cnn_stacked`):
-the first convolution sees the same input in every run, so it is one ordinary convolution with
-R x 16 output channels; the later convolutions are grouped convolutions (groups = R); the linear
-layers are batched matrix products laid out so that every gradient comes out contiguous; the
-activations are channels-last, where this CPU's max pooling is about five times faster; and each
+Because no op ever mixes runs, a run's arithmetic does not depend on how many runs share its
+process: the result equals training it alone, bit for bit, on any machine, and a study spread
+over several processes (``torchrun``) equals the one-process study bit for bit
+(``tests/test_training.py``). Stacking the runs into grouped convolutions would round differently
+with the number of runs beside it, and measured no faster on this project's CPU.
+
+The paper's CNN has a hand-written forward for training (:func:`paper_cnn_forward`): the
+activations are channels-last, where this CPU's max pooling is about five times faster, and each
 max pooling comes before its ReLU (the same values and the same gradients: max commutes with a
-monotone function, and the pooled maximum is the one the ReLU then passes or blocks). On this
-CPU one step of 7 runs at batch 64 takes 115-125 ms against 160-200 ms vmapped. It is tested
-against vmap and against each model trained alone, in float64 (``tests/test_training.py``).
-Any other architecture uses :func:`torch.func.vmap`.
+monotone function, and the pooled maximum is the one the ReLU then passes or blocks). It is tested
+against the module's own forward in float64, ties included. Any other architecture runs its own
+``forward``.
 
-A run whose loss becomes non-finite is marked diverged at that step and frozen (its parameters
-keep the last finite values); the others go on.
+A run whose loss becomes non-finite is marked diverged at that step and frozen: it gets no
+gradient from then on, so Adam leaves its parameters at the last finite values; the others go on.
 """
 
 from __future__ import annotations
@@ -32,168 +32,179 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
 
 from .models import PaperCNN
 
 
-def paper_cnn_stacked(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """R stacked paper CNNs (Table 1) on one shared batch, without vmap.
+def paper_cnn_forward(model: PaperCNN, x: torch.Tensor) -> torch.Tensor:
+    """The paper CNN's forward for training: channels-last, each max pooling before its ReLU.
 
     Args:
-        params: the stacked parameters of :class:`~nndist.models.PaperCNN`, each (R, *shape).
-        x: (B, 3, 32, 32) inputs shared by every run.
+        model: a :class:`~nndist.models.PaperCNN`.
+        x: (B, 3, 32, 32) inputs.
 
     Returns:
-        (R, B, num_classes) outputs, equal to running each model alone.
+        (B, num_classes) outputs, equal to ``model(x)`` (the same values and gradients).
     """
-    r = params["conv1.weight"].shape[0]
-    b = x.shape[0]
     h = x.contiguous(memory_format=torch.channels_last)
-    # conv1: one convolution with R*16 output channels (the input is shared), (B, R*16, 32, 32)
-    h = F.conv2d(h, params["conv1.weight"].flatten(0, 1), params["conv1.bias"].flatten(), padding=1)
-    h = F.relu(F.max_pool2d(h, 2))  # (B, R*16, 16, 16); pool before ReLU: same values and gradients
-    h = F.conv2d(h, params["conv2.weight"].flatten(0, 1), params["conv2.bias"].flatten(), padding=1, groups=r)
-    h = F.relu(F.max_pool2d(h, 2))  # (B, R*16, 8, 8)
-    h = F.relu(F.conv2d(h, params["conv3.weight"].flatten(0, 1), params["conv3.bias"].flatten(), padding=1, groups=r))
-    # nn.Flatten's (c, y, x) order per run; columns are samples: (R, 1024, B)
-    h = h.reshape(b, r, -1).permute(1, 2, 0)
-    # Linear layers as W @ h^T, so that dL/dW = g @ h comes out contiguous in nn.Linear's layout.
-    h = F.relu(torch.baddbmm(params["fc1.bias"].unsqueeze(-1), params["fc1.weight"], h))  # (R, 512, B)
-    out = torch.baddbmm(params["fc2.bias"].unsqueeze(-1), params["fc2.weight"], h)  # (R, K, B)
-    return out.transpose(1, 2)
+    h = F.relu(F.max_pool2d(model.conv1(h), 2))  # (B, 16, 16, 16); pool before ReLU: same values and gradients
+    h = F.relu(F.max_pool2d(model.conv2(h), 2))  # (B, 16, 8, 8)
+    h = F.relu(model.conv3(h))  # (B, 16, 8, 8)
+    h = h.reshape(h.shape[0], -1)  # nn.Flatten's (c, y, x) order: reshape reads the logical layout
+    return model.fc2(F.relu(model.fc1(h)))
 
 
-# Hand-written stacked forwards, by exact model type: fn(params, x) -> (R, B, K).
-STACKED_FORWARDS: dict[type, Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]] = {
-    PaperCNN: paper_cnn_stacked,
+# Hand-written training forwards, by exact model type: fn(model, x) -> (B, K).
+FAST_FORWARDS: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+    PaperCNN: paper_cnn_forward,
 }
 
 
-class StackedRuns:
-    """R copies of one architecture with stacked parameters, trained together.
+class RunSet:
+    """R models of one architecture, trained together on the same batches.
 
     Args:
-        models: R modules of identical architecture (their current parameters are copied).
-        fast: use the hand-written stacked forward where the architecture has one
-            (:data:`STACKED_FORWARDS`); ``False`` always uses :func:`torch.func.vmap`.
+        models: R modules of identical architecture; the set trains copies of them.
+        fast: use the hand-written training forward where the architecture has one
+            (:data:`FAST_FORWARDS`); ``False`` always uses the module's own ``forward``.
 
     Attributes:
-        params: parameter name -> leaf tensor (R, *shape) that requires grad.
-        buffers: buffer name -> tensor (R, *shape).
+        models: the R trained modules, in run order.
+        frozen: (R,) bool, runs that no longer train (diverged).
     """
 
     def __init__(self, models: list[nn.Module], fast: bool = True) -> None:
         if not models:
-            raise ValueError("StackedRuns needs at least one model")
-        self.base = copy.deepcopy(models[0]).to("meta")
-        self._stacked_forward = STACKED_FORWARDS.get(type(models[0])) if fast else None
-        self.num_runs = len(models)
-        self.params = {
-            name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).clone().requires_grad_(True)
-            for name, _ in models[0].named_parameters()
-        }
-        self.buffers = {
-            name: torch.stack([dict(m.named_buffers())[name].detach() for m in models]).clone()
-            for name, _ in models[0].named_buffers()
-        }
-        self.frozen = torch.zeros(self.num_runs, dtype=torch.bool)
-        self._frozen_values: dict[int, dict[str, torch.Tensor]] = {}
+            raise ValueError("RunSet needs at least one model")
+        self.models = [copy.deepcopy(m) for m in models]
+        self.fast_forward = FAST_FORWARDS.get(type(models[0])) if fast else None
+        self.frozen = torch.zeros(len(models), dtype=torch.bool)
+
+    @property
+    def num_runs(self) -> int:
+        return len(self.models)
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.params.values())).device
+        return next(self.models[0].parameters()).device
 
-    def to(self, device: torch.device | str) -> "StackedRuns":
-        self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in self.params.items()}
-        self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
+    def to(self, device: torch.device | str) -> "RunSet":
+        for m in self.models:
+            m.to(device)
         return self
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Every run's parameters, run by run (the order of the optimiser's state)."""
+        return [p for m in self.models for p in m.parameters()]
+
+    def forward_one(self, run: int, x: torch.Tensor) -> torch.Tensor:
+        """Run ``run``'s outputs (B, K) on ``x``."""
+        model = self.models[run]
+        input_size = tuple(getattr(model, "input_size", ()))
+        if self.fast_forward is not None and x.dim() == 4 and tuple(x.shape[1:]) == input_size:
+            return self.fast_forward(model, x)
+        return model(x)  # also for inputs of the wrong shape: the model's own error names them
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Runs all R models on the same inputs.
+        """Runs all R models on the same inputs: (R, B, num_classes)."""
+        return torch.stack([self.forward_one(r, x) for r in range(self.num_runs)])
 
-        Args:
-            x: (B, *input_shape) inputs shared by every run.
-
-        Returns:
-            (R, B, num_classes) outputs.
-        """
-        fast = self._stacked_forward
-        if fast is not None and x.dim() == 4 and tuple(x.shape[1:]) == tuple(getattr(self.base, "input_size", ())):
-            return fast(self.params, x)
-        # Everything else, including inputs of the wrong shape (the model's own error names them).
-
-        def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self.base, (params, buffers), (x,))
-
-        return vmap(one)(self.params, self.buffers)
+    def _losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        outs = [self.forward_one(r, x) for r in range(self.num_runs)]
+        return [F.cross_entropy(out, y) for out in outs], outs
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-run mean cross-entropy and the outputs: ((R,), (R, B, K))."""
-        out = self.forward(x)
-        r, b, k = out.shape
-        loss = F.cross_entropy(out.reshape(r * b, k), y.repeat(r), reduction="none").view(r, b).mean(1)
-        return loss, out
+        """Per-run mean cross-entropy and the outputs: ((R,), (R, B, K)), each run on its own."""
+        loss, outs = self._losses(x, y)
+        return torch.stack(loss), torch.stack(outs)
+
+    def step(self, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """One optimiser step of every run that still trains, on one batch.
+
+        A run whose loss is not finite is frozen first (it gets no gradient, so the optimiser
+        skips it). Returns the per-run losses (R,), the outputs (R, B, K) and the runs frozen now.
+        """
+        opt.zero_grad(set_to_none=True)
+        losses, outs = self._losses(x, y)
+        loss = torch.stack(losses).detach()
+        finite = torch.isfinite(loss).cpu()
+        newly = [r for r in range(self.num_runs) if not bool(finite[r]) and not bool(self.frozen[r])]
+        self.freeze(newly)
+        # Only the active runs' losses enter the sum: a frozen run's graph gets no gradient at all
+        # (not a zero one, which would turn into NaN through a diverged run's NaN weights).
+        active = [losses[r] for r in range(self.num_runs) if not bool(self.frozen[r])]
+        if active:
+            torch.stack(active).sum().backward()
+            opt.step()
+        return loss, torch.stack(outs).detach(), newly
 
     def model(self, run: int) -> nn.Module:
-        """A standalone module holding run ``run``'s current parameters (a copy)."""
-        module = copy.deepcopy(self.base).to_empty(device=self.device)
-        state = {k: v[run].detach().clone() for k, v in self.params.items()}
-        state.update({k: v[run].detach().clone() for k, v in self.buffers.items()})
-        module.load_state_dict(state, strict=True)
-        return module.eval()
+        """A standalone copy of run ``run``'s module, in eval mode."""
+        return copy.deepcopy(self.models[run]).eval()
 
     def freeze(self, runs: Iterable[int]) -> None:
-        """Stops updating ``runs``: their parameters are held at their current values."""
+        """Stops training ``runs``: they get no gradient, so their parameters stay as they are."""
         for r in runs:
-            if not self.frozen[r]:
-                self.frozen[r] = True
-                self._frozen_values[r] = {k: v[r].detach().clone() for k, v in self.params.items()}
-
-    def restore_frozen(self) -> None:
-        """Writes the held values back into frozen runs (call after each optimiser step)."""
-        if not self._frozen_values:
-            return
-        with torch.no_grad():
-            for r, values in self._frozen_values.items():
-                for k, v in values.items():
-                    self.params[k][r].copy_(v)
+            self.frozen[r] = True
 
     def state_dict(self) -> dict:
         return {
-            "params": {k: v.detach().cpu() for k, v in self.params.items()},
-            "buffers": {k: v.cpu() for k, v in self.buffers.items()},
+            "models": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self.models],
             "frozen": self.frozen.clone(),
-            "frozen_values": {r: {k: v.cpu() for k, v in d.items()} for r, d in self._frozen_values.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        device = self.device
-        with torch.no_grad():
-            for k, v in state["params"].items():
-                self.params[k].copy_(v.to(device))
-            for k, v in state["buffers"].items():
-                self.buffers[k].copy_(v.to(device))
+        """Loads :meth:`state_dict` output, or the stacked layout of earlier state files.
+
+        Earlier states held each parameter stacked over the runs (``params``: name -> (R, ...))
+        with a frozen run's parameters held at their last values; both load to the same models.
+        """
+        if "params" in state:  # stacked layout (state versions 2 and 3)
+            per_run = [
+                {**{k: v[r] for k, v in state["params"].items()}, **{k: v[r] for k, v in state["buffers"].items()}}
+                for r in range(self.num_runs)
+            ]
+        else:
+            per_run = state["models"]
+        for model, sd in zip(self.models, per_run):
+            model.load_state_dict(sd, strict=True)
         self.frozen = state["frozen"].clone()
-        self._frozen_values = {int(r): {k: v.to(device) for k, v in d.items()} for r, d in state["frozen_values"].items()}
 
 
-def stacked_adam(runs: StackedRuns, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
-    """One Adam over all stacked parameters (elementwise, so R independent Adams).
+def run_adam(runs: RunSet, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """One Adam over every run's parameters (elementwise, tensor by tensor: R independent Adams).
 
-    Uses the fused implementation (one kernel for all parameters, about 10 % of a paper-CNN step
-    saved on this CPU) where the device supports it, else the default one. Both compute the same
-    update up to float32 rounding.
+    Uses the fused implementation (one kernel call for all parameters) where the device supports
+    it, else the default one; both compute the same update up to float32 rounding.
     """
-    params = list(runs.params.values())
+    params = runs.parameters()
     try:
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, ValueError):  # fused Adam not available for this device or dtype
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict, runs: RunSet) -> None:
+    """Loads an optimiser state, also one saved for stacked parameters by earlier versions.
+
+    The stacked layout held one state per parameter name with tensors (R, ...); here every run's
+    parameter has its own, in :meth:`RunSet.parameters` order.
+    """
+    n_params = len(list(runs.models[0].parameters()))
+    if len(state["param_groups"][0]["params"]) == n_params and runs.num_runs > 1:
+        per_param: dict[int, dict] = {}
+        for i, s in state["state"].items():
+            for r in range(runs.num_runs):
+                per_param[r * n_params + int(i)] = {
+                    k: (v if k == "step" else v[r]).clone() for k, v in s.items()
+                }
+        group = dict(state["param_groups"][0], params=list(range(n_params * runs.num_runs)))
+        state = {"state": per_param, "param_groups": [group]}
+    opt.load_state_dict(state)
+
+
 @torch.no_grad()
-def evaluate_runs(runs: StackedRuns, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_runs(runs: RunSet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Accuracy and mean loss of every run on (x, y): two (R,) float64 tensors."""
     correct = torch.zeros(runs.num_runs, dtype=torch.float64)
     total_loss = torch.zeros(runs.num_runs, dtype=torch.float64)
