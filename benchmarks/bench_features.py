@@ -20,8 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nndist.models import PAPER_LAYERS, create_model  # noqa: E402
-from nndist.reproduce import feature_summaries  # noqa: E402
+from nndist.models import create_model  # noqa: E402
+from nndist.paper import PAPER_LAYERS  # noqa: E402
+from nndist.stats.tables import feature_summaries  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 On a CIFAR ResNet-56 (random weights, eval mode), batch 128, 32x32 inputs, this machine's CPU:
 
 (a) plain forward + ``loss.backward()`` (parameter gradients included);
-(b) ``nndist.gradients.emission_absorption`` for every convolution and the linear layer;
+(b) ``nndist.emission_absorption`` for every convolution and the linear layer;
 (c) the literal definition: the same plumbing, but each convolution's handler materialises every
     local gradient ``LG^{c1->c2}`` (one grouped transposed convolution per layer producing all
     ``C_out x C_in`` maps, cropped to the input) and takes their norms.
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nndist.gradients import HANDLERS, LayerGradients, conv2d_handler, emission_absorption
-from nndist.gradients.conv2d import _padding, grouped_result
+from nndist.probes.gradients import HANDLERS, LayerGradients, conv2d_handler, emission_absorption
+from nndist.probes.gradients.conv2d import _padding, grouped_result
 
 
 def make_model() -> nn.Module:

@@ -3,7 +3,7 @@
 Straightforward: torchvision ImageFolder + DataLoader (PIL decode, ToTensor, Normalize every
 epoch) and seven sequential training loops. nndist: the split decoded once into a cached uint8
 tensor, normalised once, batches by indexing, and the seven inits trained together
-(nndist.training.RunSet: channels-last forward, one fused Adam). Same model, optimiser, batch
+(nndist.studies.training.RunSet: channels-last forward, one fused Adam). Same model, optimiser, batch
 size and batch order; both in this one process, back to back.
 
 Also reports the largest difference between a run trained in the set and the same model trained
@@ -29,10 +29,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nndist.data import CIFAR10_MEAN, CIFAR10_STD, generate_shapes, load_split, stratified_subset  # noqa: E402
+from nndist.data import generate_shapes, load_split, stratified_subset  # noqa: E402
+from nndist.paper import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from nndist.inits import PAPER_INITS, init_model  # noqa: E402
 from nndist.models import create_model  # noqa: E402
-from nndist.training import RunSet, run_adam  # noqa: E402
+from nndist.studies.training import RunSet, run_adam  # noqa: E402
 
 
 def image_folder(args) -> Path:

@@ -1,7 +1,10 @@
-"""Synthetic run directories in the documented formats (docs/CONTRACTS.md), for the report layer.
+"""Synthetic run directories, written by the project's own writer, for the report layer.
 
 The reporting code (claims, HTML report, TensorBoard) only reads run directories, so its tests
-build realistic fake ones here with pandas instead of training anything:
+build realistic ones here from planted data instead of training anything. Every file goes through
+:class:`nndist.results.RunWriter` (file names, columns, row order, run keys), summaries and
+histograms through :class:`nndist.stats.Summary`, and figures through the report's own figure
+code, so these directories cannot drift from the ones the studies write:
 
 * :func:`make_reproduce_run` writes what ``nndist reproduce`` writes: manifest.json, loss,
   accuracy, weights, features, histograms and shifts tables, and small matplotlib figures.
@@ -13,7 +16,7 @@ build realistic fake ones here with pandas instead of training anything:
   With ``paper=True`` channels differ and emission varies more than absorption (claims 13-15
   hold); with ``paper=False`` channels are alike and absorption varies more.
 
-Summary columns are computed from actual samples, so they agree with the histograms exactly.
+Summary rows and histograms are computed from actual samples, so they agree exactly.
 """
 
 from __future__ import annotations
@@ -25,16 +28,18 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import stats
 
-SUMMARY_COLUMNS = [
-    "n", "mean", "std", "min", "max", "skew", "kurtosis",
-    "q01", "q05", "q25", "q50", "q75", "q95", "q99", "ks_normal", "nonfinite",
-]
-ALL_INITS = ("orthogonal", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "ones", "zeros")
-LAYERS = ("conv1", "conv2", "conv3", "fc1")
-INPUTS = ("train", "valid", "random")
-HIST_EDGES = np.linspace(-8.0, 8.0, 161)  # fixed edges shared by every histogram of a run
+from nndist.io import write_json, write_parquet
+from nndist.paper import INPUT_TYPES, PAPER_INITS, PAPER_LAYERS
+from nndist.report import draw_figures
+from nndist.results import RunWriter, layout
+from nndist.stats import Summary
+from nndist.stats.tables import histogram_rows, summary_row
+
+ALL_INITS = PAPER_INITS
+LAYERS = PAPER_LAYERS
+INPUTS = INPUT_TYPES
 
 # Final training loss per init: the paper's order, and one that contradicts every ordering claim.
 _FINAL_LOSS_PAPER = {"orthogonal": 0.80, "kaiming_normal": 0.95, "kaiming_uniform": 1.00,
@@ -43,35 +48,9 @@ _FINAL_LOSS_CONTRARY = {"orthogonal": 1.40, "kaiming_normal": 1.30, "kaiming_uni
                         "xavier_normal": 0.90, "xavier_uniform": 0.95, "ones": 0.70, "zeros": 1.60}
 
 
-def summarize(x: np.ndarray) -> dict[str, float]:
-    """The summary columns of CONTRACTS.md for a 1-d sample (population std, excess kurtosis)."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    finite = x[np.isfinite(x)]
-    n = finite.size
-    mean = float(finite.mean())
-    std = float(finite.std())
-    q = np.quantile(finite, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
-    if std > 0:
-        # closed forms of scipy.stats.skew / kurtosis / kstest (much faster for many small samples)
-        z = (finite - mean) / std
-        skew = float(np.mean(z**3))
-        kurt = float(np.mean(z**4) - 3.0)
-        cdf = special.ndtr(np.sort(z))
-        i = np.arange(1, n + 1)
-        ks = float(max(np.max(i / n - cdf), np.max(cdf - (i - 1) / n)))
-    else:
-        skew = kurt = ks = float("nan")
-    return {
-        "n": n, "mean": mean, "std": std, "min": float(finite.min()), "max": float(finite.max()),
-        "skew": skew, "kurtosis": kurt,
-        "q01": q[0], "q05": q[1], "q25": q[2], "q50": q[3], "q75": q[4], "q95": q[5], "q99": q[6],
-        "ks_normal": ks, "nonfinite": int(x.size - n),
-    }
-
-
-def _hist_rows(x: np.ndarray) -> list[tuple[float, float, int]]:
-    counts, edges = np.histogram(np.clip(x, HIST_EDGES[0], HIST_EDGES[-1]), bins=HIST_EDGES)
-    return [(float(edges[i]), float(edges[i + 1]), int(c)) for i, c in enumerate(counts) if c > 0]
+def summarize(x: np.ndarray) -> Summary:
+    """The project's summary of a 1-d sample (float64)."""
+    return Summary().update(np.asarray(x, dtype=np.float64))
 
 
 def _draw(rng: np.random.Generator, shape: str, n: int, mean: float, std: float) -> np.ndarray:
@@ -88,29 +67,6 @@ def _draw(rng: np.random.Generator, shape: str, n: int, mean: float, std: float)
         z = rng.standard_normal(n)
     z = (z - z.mean()) / z.std()
     return mean + std * z
-
-
-def _figure(path: Path, title: str, draw: Callable | None = None) -> None:
-    """A small real PNG made with matplotlib (the report only uses the PNGs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 2.5), dpi=60)
-    if draw is None:
-        t = np.linspace(0, 6, 50)
-        ax.plot(t, np.exp(-t / 3))
-    else:
-        draw(ax)
-    ax.set_title(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _run_key(init: str, seed: int, multi_seed: bool) -> str:
-    return f"{init}/seed{seed}" if multi_seed else init
 
 
 def make_reproduce_run(
@@ -143,7 +99,6 @@ def make_reproduce_run(
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     diverged = set(diverged)
-    multi = len(seeds) > 1
     final = _FINAL_LOSS_PAPER if paper else _FINAL_LOSS_CONTRARY
     n_steps = epochs * steps_per_epoch
 
@@ -154,7 +109,7 @@ def make_reproduce_run(
     for s in seeds:
         for init in inits:
             is_div = init in diverged
-            runs[_run_key(init, s, multi)] = {
+            runs[layout.run_key(init, s)] = {
                 "init": init, "seed": s, "status": "diverged" if is_div else "done",
                 "diverged_at_step": (n_steps - 2) if is_div else None,
             }
@@ -177,47 +132,29 @@ def make_reproduce_run(
 
             _weights_and_features(rng, init, s, layers, stages, paper, is_div, n_values, w_rows, f_rows, h_rows, s_rows)
 
-    pd.DataFrame(loss_rows, columns=["init", "seed", "epoch", "step", "loss"]).to_parquet(root / "loss.parquet", index=False)
-    pd.DataFrame(acc_rows, columns=["init", "seed", "epoch", "split", "accuracy", "loss"]).to_parquet(
-        root / "accuracy.parquet", index=False)
-    pd.DataFrame(w_rows).to_parquet(root / "weights.parquet", index=False)
-    pd.DataFrame(f_rows).to_parquet(root / "features.parquet", index=False)
-    pd.DataFrame(h_rows, columns=["table", "init", "seed", "layer", "param", "input", "stage", "left", "right", "count"]
-                 ).to_parquet(root / "histograms.parquet", index=False)
-    pd.DataFrame(s_rows, columns=["table", "init", "seed", "layer", "param", "input", "wasserstein", "ks"]
-                 ).to_parquet(root / "shifts.parquet", index=False)
-
-    manifest = {
-        "kind": "reproduce",
+    writer = RunWriter(root, layout.REPRODUCE)
+    order = {(init, s): i for i, (s, init) in enumerate((s, init) for s in seeds for init in inits)}
+    writer.write_table("loss", pd.DataFrame(loss_rows, columns=["init", "seed", "epoch", "step", "loss"]), order)
+    writer.write_table("accuracy", pd.DataFrame(acc_rows, columns=["init", "seed", "epoch", "split", "accuracy", "loss"]), order)
+    writer.write_table("weights", pd.DataFrame(w_rows), order)
+    writer.write_table("features", pd.DataFrame(f_rows), order)
+    writer.write_table("histograms", pd.DataFrame(h_rows), order)
+    writer.write_table("shifts", pd.DataFrame(s_rows, columns=["table", "init", "seed", "layer", "param", "input", "wasserstein", "ks"]), order)
+    writer.write_manifest({
         "config": {
             "profile": "quick", "data": "shapes", "model": "paper_cnn", "inits": list(inits),
-            "seeds": list(seeds), "epochs": epochs, "batch_size": 64, "lr": 1e-4, "optimizer": "adam",
-            "weight_decay": 0.0, "every_epoch": every_epoch, "layers": list(layers), "out": str(root),
+            "seeds": len(seeds), "epochs": epochs, "batch_size": 64, "lr": 1e-4,
+            "weight_decay": 0.0, "every_epoch": every_epoch, "layers": list(layers),
         },
         "versions": {"nndist": "0.1.0", "torch": "2.4.0", "python": "3.11"},
-        "seeds": {"data": 0, "init": list(seeds)},
+        "seeds": {"data_order": 0, "init": {layout.run_key(i, s): 1 + s for s in seeds for i in inits}},
         "subsets": {"train": list(range(64)), "valid": list(range(32))},
         "runs": runs,
         "started": "2024-01-01T10:00:00",
         "finished": "2024-01-01T10:05:00",
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
-
+    })
     if figures:
-        loss_df = pd.DataFrame(loss_rows, columns=["init", "seed", "epoch", "step", "loss"])
-
-        def draw_loss(ax):
-            for init, g in loss_df[loss_df.seed == seeds[0]].groupby("init"):
-                ax.plot(g.step, g.loss, label=init)
-            ax.legend(fontsize=5)
-
-        _figure(root / "figures" / "fig1_loss.png", "Figure 1: training loss", draw_loss)
-        _figure(root / "figures" / "fig2_weights.png", "Figure 2: weights",
-                lambda ax: ax.hist(rng.standard_normal(500), bins=30))
-        _figure(root / "figures" / "fig3_features.png", "Figure 3: features",
-                lambda ax: ax.hist(rng.standard_normal(500) * 2, bins=30))
-        if every_epoch:
-            _figure(root / "figures" / "evolution.png", "Evolution of std")
+        draw_figures(root)
     return root
 
 
@@ -258,8 +195,10 @@ def _weights_and_features(rng, init, s, layers, stages, paper, is_div, n_values,
                 if uniform_init and paper and 0 < t < 1:
                     x = _draw(rng, "normal", n, mean, std) if rng.random() < t else x
                 samples[("weights", layer, param, stage)] = x
-                w_rows.append({"init": init, "seed": s, "layer": layer, "param": param, "stage": stage, **summarize(x)})
-                h_rows.extend(("weights", init, s, layer, param, "", stage, l, r, c) for l, r, c in _hist_rows(x))
+                keys = {"init": init, "seed": s, "layer": layer, "param": param, "stage": stage}
+                summary = summarize(x)
+                w_rows.append(summary_row(summary, keys))
+                h_rows.extend(histogram_rows(summary, dict(keys, table="weights", input="")))
         for inp in INPUTS:
             for k, stage in enumerate(stages):
                 if is_div and stage != "before":
@@ -279,8 +218,10 @@ def _weights_and_features(rng, init, s, layers, stages, paper, is_div, n_values,
                     mean = 0.8 + 0.7 * t
                 x = _draw(rng, "normal", n_values, mean, std)
                 samples[("features", layer, inp, stage)] = x
-                f_rows.append({"init": init, "seed": s, "layer": layer, "input": inp, "stage": stage, **summarize(x)})
-                h_rows.extend(("features", init, s, layer, "", inp, stage, l, r, c) for l, r, c in _hist_rows(x))
+                keys = {"init": init, "seed": s, "layer": layer, "input": inp, "stage": stage}
+                summary = summarize(x)
+                f_rows.append(summary_row(summary, keys))
+                h_rows.extend(histogram_rows(summary, dict(keys, table="features", param="")))
     for (table, layer, what, stage), x in samples.items():
         if stage == "before" and (table, layer, what, "after") in samples:
             y = samples[(table, layer, what, "after")]
@@ -312,7 +253,7 @@ def make_gradients_run(
         per_sample: Write per_sample/<layer>.<stat>.npy (else only gradients.parquet).
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    writer = RunWriter(root, layout.GRADIENTS)
     rng = np.random.default_rng(seed)
     layers = layers or {"layer1.0.conv1": (16, 16), "layer2.0.conv1": (32, 16)}
     rows, norms = [], {}
@@ -331,43 +272,38 @@ def make_gradients_run(
         norms[layer] = m.mean(axis=0)
         for stat, arr in (("emission", em), ("absorption", ab)):
             if per_sample:
-                (root / "per_sample").mkdir(exist_ok=True)
-                np.save(root / "per_sample" / f"{layer}.{stat}.npy", arr)
-            for c in range(arr.shape[1]):
-                rows.append({"layer": layer, "channel": c, "stat": stat, **summarize(arr[:, c])})
-    pd.DataFrame(rows).to_parquet(root / "gradients.parquet", index=False)
-    np.savez(root / "channel_norms.npz", **norms)
-    manifest = {
-        "kind": "gradients",
+                writer.per_sample_array(layer, stat, arr.shape, create=True)[:] = arr
+                writer.publish_per_sample(layer, stat)
+            summary = Summary(channels=arr.shape[1]).update(arr.astype(np.float64))
+            rows += [dict(layer=layer, channel=c, stat=stat, **row) for c, row in enumerate(summary.rows())]
+    writer.write_table("gradients", pd.DataFrame(rows))
+    writer.write_arrays(layout.CHANNEL_NORMS, norms)
+    if per_sample:
+        writer.write_array(layout.PER_SAMPLE_ORDER, np.arange(n_samples, dtype=np.int64))
+    writer.write_manifest({
         "config": {"model": "cifar_resnet20", "weights": "resnet20-12fca82f.th", "data": "cifar10",
-                   "samples": n_samples, "batch_size": 128, "out": str(root)},
+                   "samples": n_samples, "batch_size": 128},
         "versions": {"nndist": "0.1.0", "torch": "2.4.0"},
         "model": "cifar_resnet20",
         "layers": {name: {"type": "Conv2d", "c_out": co, "c_in": ci} for name, (co, ci) in layers.items()},
         "unsupported": {"fc": "Linear"},
         "n_samples": n_samples,
         "sample_order": list(range(n_samples)),
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    })
     if figures:
-        for layer in layers:
-            _figure(root / "figures" / f"fig4_{layer}.png", f"Figure 4: {layer}",
-                    lambda ax, layer=layer: ax.boxplot(np.load(root / "per_sample" / f"{layer}.emission.npy")[:, :8])
-                    if per_sample else None)
-            _figure(root / "figures" / f"heatmap_{layer}.png", f"LG norms {layer}",
-                    lambda ax, layer=layer: ax.imshow(norms[layer]))
+        draw_figures(root)
     return root
 
 
 def edit_table(run_dir: str | Path, name: str, fn: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
-    """Rewrites ``run_dir/name`` (a parquet table) as ``fn(table)``."""
-    path = Path(run_dir) / name
-    fn(pd.read_parquet(path)).to_parquet(path, index=False)
+    """Rewrites table ``name`` (``"loss"`` or ``"loss.parquet"``) as ``fn(table)``, unchecked (to plant faults)."""
+    path = Path(run_dir) / layout.table_file(name.removesuffix(".parquet"))
+    write_parquet(path, fn(pd.read_parquet(path)))
 
 
 def edit_manifest(run_dir: str | Path, fn: Callable[[dict], None]) -> None:
-    """Edits manifest.json in place with ``fn(manifest)``."""
-    path = Path(run_dir) / "manifest.json"
+    """Edits the manifest in place with ``fn(manifest)``."""
+    path = Path(run_dir) / layout.MANIFEST
     manifest = json.loads(path.read_text())
     fn(manifest)
-    path.write_text(json.dumps(manifest, indent=2))
+    write_json(path, manifest)

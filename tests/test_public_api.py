@@ -21,12 +21,14 @@ EXPECTED = [
     "load_weights",
     "random_inputs",
     "register_handler",
+    "register_model",
     "run_gradients",
     "run_reproduce",
     "save_checkpoint",
     "stratified_subset",
     "summarize",
     "wasserstein",
+    "weight_table",
 ]
 
 

@@ -1,8 +1,8 @@
 """Allocator tuning for the CPU: fewer page faults in tight training and measurement loops.
 
 glibc's malloc serves large blocks (a batch of activations) with fresh ``mmap`` pages and gives
-them back on free, so every step of a loop page-faults its working set in again; measured here,
-that was a fifth of a training step. Raising the mmap threshold and the trim threshold keeps the
+them back on free, so every step of a loop page-faults its working set in again (README,
+"Measured"). Raising the mmap threshold and the trim threshold keeps the
 freed blocks in the heap for reuse. The ``nndist`` command calls :func:`tune_allocator` at start;
 library users may call it themselves (it changes process-wide malloc settings).
 """

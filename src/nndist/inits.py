@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from .errors import NndistError
+from .paper import PAPER_INITS
 from .registry import Registry
 
 __all__ = [
@@ -65,9 +66,6 @@ __all__ = [
 
 #: Layer types whose weights a scheme sets; extend it to cover more (e.g. ConvTranspose2d).
 INIT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-#: The seven schemes compared in the paper.
-PAPER_INITS = ("orthogonal", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "ones", "zeros")
 
 RELU_GAIN = math.sqrt(2.0)
 

@@ -1,0 +1,67 @@
+"""The columns of every table in a run directory.
+
+Each table has its key columns (what a row is about) and, for summary tables, the summary
+columns of :data:`nndist.stats.SUMMARY_COLUMNS`. The writer orders rows by these keys; the reader
+checks that a table has them; ``docs/CONTRACTS.md`` lists them (checked by a test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..stats.summary import SUMMARY_COLUMNS
+from .layout import GRADIENTS, REPRODUCE
+
+__all__ = ["HISTOGRAM_COLUMNS", "KIND_TABLES", "SUMMARY_COLUMNS", "TABLES", "TableSpec", "columns", "spec"]
+
+#: One row per non-empty bin of a summary's histogram, on the fixed global edges.
+HISTOGRAM_COLUMNS: tuple[str, ...] = ("table", "init", "seed", "layer", "param", "input", "stage", "left", "right", "count")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's columns.
+
+    Attributes:
+        keys: the columns that say what a row is about, in order.
+        values: the other fixed columns (``SUMMARY_COLUMNS`` for summary tables).
+        order: the key that orders rows first (``stage``, ``step``, ``epoch``) before the run order.
+    """
+
+    keys: tuple[str, ...]
+    values: tuple[str, ...]
+    order: str | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.keys + self.values
+
+
+TABLES: dict[str, TableSpec] = {
+    # reproduce
+    "loss": TableSpec(("init", "seed", "epoch", "step"), ("loss",), order="step"),
+    "accuracy": TableSpec(("init", "seed", "epoch", "split"), ("accuracy", "loss"), order="epoch"),
+    "weights": TableSpec(("init", "seed", "layer", "param", "stage"), SUMMARY_COLUMNS, order="stage"),
+    "features": TableSpec(("init", "seed", "layer", "input", "stage"), SUMMARY_COLUMNS, order="stage"),
+    "histograms": TableSpec(HISTOGRAM_COLUMNS[:7], HISTOGRAM_COLUMNS[7:], order="stage"),
+    "shifts": TableSpec(("table", "init", "seed", "layer", "param", "input"), ("wasserstein", "ks")),
+    # gradients
+    "gradients": TableSpec(("layer", "channel", "stat"), SUMMARY_COLUMNS),
+}
+
+
+#: The tables each kind of run writes.
+KIND_TABLES: dict[str, tuple[str, ...]] = {
+    REPRODUCE: ("loss", "accuracy", "weights", "features", "histograms", "shifts"),
+    GRADIENTS: ("gradients",),
+}
+
+
+def spec(name: str) -> TableSpec:
+    """The :class:`TableSpec` of table ``name``."""
+    return TABLES[name]
+
+
+def columns(name: str) -> list[str]:
+    """All fixed columns of table ``name``, in order."""
+    return list(TABLES[name].columns)

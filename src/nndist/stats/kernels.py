@@ -1,0 +1,118 @@
+"""Compiled CPU kernels (numba) for the hot loops of :class:`nndist.stats.Summary`.
+
+Streaming a feature summary costs a few passes over every value: the shifted power sums of the
+moments and the bucket keys of the sketch. In torch each is a separate pass with a temporary
+tensor, together about as costly as the forward pass that produced the values
+(``benchmarks/bench_features.py``, ``bench_stats.py``). :func:`power_sums_and_counts` does all of it (extremes, finiteness check,
+power sums in float64, bucket counts) in one read of the values on all threads: the per-value
+work of a float32 scalar summary of a CPU tensor. Results do not depend on the number of
+threads: the power sums are accumulated per fixed block of :data:`BLOCK` values and the blocks
+added in order; the counts are integers.
+
+The torch path stays for other devices and as the literal twin the tests compare with
+(``tests/test_kernels.py``). If numba cannot be imported, :data:`AVAILABLE` is False and
+``Summary`` uses the torch path everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:  # pragma: no cover - exercised by the import itself
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
+    numba = None
+
+__all__ = ["AVAILABLE", "BLOCK", "power_sums_and_counts"]
+
+AVAILABLE = numba is not None
+
+# Values per block of the power sums; each block's float64 sums are one row of the result.
+BLOCK = 1 << 16
+
+
+if AVAILABLE:
+
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _kernel(x, ref, shift, mask, nbins, nthreads):  # pragma: no cover - compiled
+        n = x.shape[0]
+        bits = x.view(np.int32)
+        blocks = (n + BLOCK - 1) // BLOCK
+        sums = np.zeros((blocks, 4))
+        extremes = np.zeros((blocks, 2), dtype=np.float32)
+        bad = np.zeros(blocks, dtype=np.int64)
+        counts = np.zeros((nthreads, nbins), dtype=np.int64)
+        for b in numba.prange(blocks):
+            lo = b * BLOCK
+            hi = min(n, lo + BLOCK)
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            s4 = 0.0
+            for i in range(lo, hi):  # vectorised (reassociation allowed): the power sums only
+                d = np.float64(x[i]) - ref
+                d2 = d * d
+                s1 += d
+                s2 += d2
+                s3 += d2 * d
+                s4 += d2 * d2
+            sums[b, 0] = s1
+            sums[b, 1] = s2
+            sums[b, 2] = s3
+            sums[b, 3] = s4
+            # scalar loop: the counters, with the extremes and the finiteness check alongside
+            t = numba.get_thread_id()
+            vmin = x[lo]
+            vmax = x[lo]
+            nonfinite = 0
+            for i in range(lo, hi):
+                v = x[i]
+                k = bits[i]
+                counts[t, (k >> shift) & mask] += 1
+                vmin = min(vmin, v)
+                vmax = max(vmax, v)
+                # exponent bits all ones: Inf or NaN (an integer test, immune to fastmath)
+                nonfinite += (k & 0x7F800000) == 0x7F800000
+            extremes[b, 0] = vmin
+            extremes[b, 1] = vmax
+            bad[b] = nonfinite
+        return sums, extremes, bad, counts
+
+
+def power_sums_and_counts(
+    x: np.ndarray, shift: int, key_bits: int, threads: int | None = None
+) -> tuple[np.ndarray, float, float, float, np.ndarray] | None:
+    """Power sums, extremes and bit-pattern bucket counts of float32 values, in one pass.
+
+    Args:
+        x: (N,) contiguous float32 array, N >= 1.
+        shift: the key of value ``v`` is ``(bits(v) >> shift) & (2^key_bits - 1)``, with
+            ``bits(v)`` its int32 bit pattern: sign, exponent and the top mantissa bits.
+        key_bits: number of key bits (``2^key_bits`` counters).
+        threads: threads to use (default: torch's intra-op thread count, which torchrun sets to
+            1 per process when it starts several, capped by numba's maximum).
+
+    Returns:
+        ``None`` if ``x`` holds NaN or Inf (the caller takes its general path), else
+        ``(S, ref, lo, hi, counts)``: ``S[p-1] = sum_i (x_i - ref)^p`` for ``p = 1..4``
+        (float64, (4,)) about ``ref``, the float64 mean of an evenly strided sample of at most
+        4096 values (near the mean whatever the order of the values, so that the central sums
+        derived from ``S`` lose nothing to cancellation); the exact minimum and maximum; and the
+        (2^key_bits,) int64 count of every key.
+    """
+    if x.dtype != np.float32 or x.ndim != 1 or not x.flags.c_contiguous or x.size == 0:
+        raise ValueError("power_sums_and_counts needs a non-empty contiguous 1-D float32 array")
+    sample = x[:: max(1, x.size // 4096)]
+    if not np.isfinite(sample).all():
+        return None
+    ref = float(np.mean(sample, dtype=np.float64))
+    if threads is None:
+        threads = torch.get_num_threads()
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    sums, extremes, bad, counts = _kernel(x, ref, int(shift), (1 << key_bits) - 1, 1 << key_bits, threads)
+    if bad.any():
+        return None
+    return sums.sum(0), ref, float(extremes[:, 0].min()), float(extremes[:, 1].max()), counts.sum(0)

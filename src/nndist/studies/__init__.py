@@ -1,0 +1,22 @@
+"""The studies: the initialisation study (``reproduce``), channel-wise gradients, evaluation."""
+
+from __future__ import annotations
+
+from .evaluate import evaluate_model
+from .gradient_study import GradientsConfig, GradientStudy, run_gradients
+from .init_config import ReproduceConfig
+from .init_study import InitStudy, run_reproduce
+from .training import RunSet, evaluate_runs, run_adam
+
+__all__ = [
+    "GradientStudy",
+    "GradientsConfig",
+    "InitStudy",
+    "ReproduceConfig",
+    "RunSet",
+    "evaluate_model",
+    "evaluate_runs",
+    "run_adam",
+    "run_gradients",
+    "run_reproduce",
+]

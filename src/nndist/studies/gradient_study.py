@@ -1,0 +1,350 @@
+"""Channel-wise gradient statistics over a whole dataset (paper section 2.2, Experiment 2).
+
+``run_gradients(config, out_dir)`` streams the selected samples through
+:func:`nndist.probes.gradients.emission_absorption` batch by batch and keeps, per layer, mergeable
+per-channel summaries of Emission and Absorption, the running sum of the channel-to-channel
+norm matrix, and (unless disabled) the per-sample values in memory-mapped arrays on disk.
+Memory therefore stays bounded whatever the number of samples. Progress is saved after every
+chunk, so a killed run continues with ``resume=True`` from the last completed chunk. Under
+``torchrun`` batch j goes to rank j mod N and the summaries are merged on rank 0
+(:func:`nndist.stats.merge_to_main`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import dist
+from ..data import load_split, resolve_samples, stratified_subset
+from ..errors import NndistError
+from ..models import get_model_spec, load_model
+from ..probes.gradients import emission_absorption
+from ..report import draw_figures, finish_run_directory
+from ..results import RunWriter, layout, utc_now, versions
+from ..results.state import pack_summaries, unpack_summaries
+from ..stats import Summary, merge_to_main
+from .options import study_config, study_device
+
+__all__ = ["GradientStudy", "GradientsConfig", "run_gradients"]
+
+STATS = ("emission", "absorption")
+STATE_VERSION = 3  # 3: summaries packed (2: as state dicts; still read)
+STATE_VERSIONS = (2, 3)
+
+
+@dataclass
+class GradientsConfig:
+    """Configuration of a ``gradients`` run (saved in the manifest).
+
+    Attributes:
+        model: registered model name (``cifar_resnet20``, ``torchvision:resnet50``, ``paper_cnn``...).
+        weights: checkpoint path or torchvision weights name (None: random initialisation).
+        data: ``cifar10``, ``shapes`` or an image folder path.
+        split: ``train`` or ``test``.
+        samples: number of samples (int or ``"all"``), a class-stratified subset.
+        batch_size: samples per batch.
+        layers: module names (None: every handled layer).
+        loss: ``cross_entropy`` or ``logit``.
+        per_sample: keep per-sample values as memory-mapped arrays.
+        seed: subset seed.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        relative_accuracy: quantile-sketch accuracy of the per-channel summaries.
+        chunk_batches: batches per saved chunk (the resume granularity).
+        skip_bad_images: skip unreadable images (listed in the manifest).
+    """
+
+    model: str = "cifar_resnet20"
+    weights: str | None = None
+    data: str = "cifar10"
+    split: str = "test"
+    samples: int | str = "all"
+    batch_size: int = 128
+    layers: tuple[str, ...] | None = None
+    loss: str = "cross_entropy"
+    per_sample: bool = True
+    seed: int = 0
+    device: str = "auto"
+    relative_accuracy: float = 0.01
+    chunk_batches: int = 20
+    skip_bad_images: bool = False
+
+    def check(self) -> None:
+        """Raises a clear error for a value that cannot work."""
+        if self.split not in ("train", "test"):
+            raise NndistError(f"--split must be train or test, got {self.split!r}")
+        if self.loss not in ("cross_entropy", "logit"):
+            raise NndistError(f"--loss must be cross_entropy or logit, got {self.loss!r}")
+        if self.batch_size < 1:
+            raise NndistError(f"--batch-size must be a positive integer, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers) if self.layers is not None else None
+        return d
+
+
+class GradientStudy:
+    """One ``gradients`` run; see :func:`run_gradients`.
+
+    The data, the model and its layers are loaded and checked here, before the output directory
+    is touched; every piece of state the run updates is declared here too.
+    """
+
+    def __init__(self, config: GradientsConfig, out_dir: str | Path, *, progress: bool = True) -> None:
+        config.check()
+        self.cfg = cfg = config
+        self.writer = RunWriter(out_dir, layout.GRADIENTS)
+        self.out = self.writer.path
+        self.dist = dist.setup(cfg.device)
+        self.device = study_device(cfg.device, self.dist)
+        self.progress = progress
+        self.started = utc_now()
+        self.timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        spec = get_model_spec(cfg.model)
+        self.data = load_split(cfg.data, cfg.split, resize=spec.resize, skip_bad_images=cfg.skip_bad_images, progress=progress)
+        n = resolve_samples(cfg.samples, len(self.data.labels), option="--samples", what=f"the {cfg.split} split of {cfg.data}")
+        self.indices = stratified_subset(self.data.labels, "all" if cfg.samples == "all" else n, seed=cfg.seed)
+        self.mean, self.std = spec.mean, spec.std
+        model, _ = load_model(cfg.model, cfg.weights, num_classes=max(len(self.data.classes), 1))
+        self.model = model.to(self.device).eval()
+        self.layers, self.unsupported = self._probe_layers()
+        self.timings["setup"] = time.perf_counter() - t0
+        self.summaries: dict[tuple[str, str], Summary] = {}
+        self.norm_sum: dict[str, np.ndarray] = {}
+        self.done = 0  # batches completed (all ranks)
+        self.totals_maxrel = 0.0
+        self.arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._fresh_state()
+
+    def _probe_layers(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """One probe batch tells which layers are handled and their channel counts."""
+        x, y = self._batch(self.indices[:2])
+        probe = emission_absorption(self.model, x, y if self.cfg.loss == "cross_entropy" else None, loss=self.cfg.loss, layers=self.cfg.layers)
+        modules = dict(self.model.named_modules())
+        layers = {name: {"type": type(modules[name]).__name__, "c_out": int(r.emission.shape[1]), "c_in": int(r.absorption.shape[1])}
+                  for name, r in probe.items()}
+        unsupported = dict(getattr(probe, "unsupported", {}))
+        if not layers:
+            raise NndistError(f"model {self.cfg.model} has no Conv2d or Linear layer to measure (unsupported: {unsupported})")
+        return layers, unsupported
+
+    def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.data.normalized(self.mean, self.std, indices=idx, device=self.device)
+        return x, self.data.labels[idx].to(self.device)
+
+    def _fresh_state(self) -> None:
+        ra = self.cfg.relative_accuracy
+        self.summaries = {
+            (name, stat): Summary(channels=info["c_out" if stat == "emission" else "c_in"], relative_accuracy=ra)
+            for name, info in self.layers.items()
+            for stat in STATS
+        }
+        self.norm_sum = {name: np.zeros((info["c_out"], info["c_in"])) for name, info in self.layers.items()}
+        self.totals_maxrel = 0.0
+
+    # ------------------------------------------------------------------ the run
+    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True) -> Path:
+        """Measures every batch and writes the run directory; returns it."""
+        main = self.dist.is_main
+        error = None
+        if main:
+            try:
+                old = self.writer.prepare(overwrite=overwrite, resume=resume)
+                self.started = (old or {}).get("started") or self.started
+            except NndistError as exc:
+                error = str(exc)
+        dist.raise_on_every_rank(error, self.dist)
+        resumed = bool(resume and main and self._load_state())
+        self.done = int(dist.broadcast_from_main(self.done, self.dist))
+        if main:
+            self._open_arrays(create=not resumed)
+            self.writer.write_manifest(self._manifest(False))
+        t1 = time.perf_counter()
+        self._measure_all()
+        self.timings["measure"] = time.perf_counter() - t1
+        self.timings["samples_per_s"] = (len(self.indices) / self.timings["measure"]) if self.timings["measure"] > 0 else float("nan")
+        if main:
+            self._write_outputs()
+            if report:
+                draw_figures(self.out)
+                finish_run_directory(self.out)
+            self.writer.write_manifest(self._manifest(True))
+        dist.barrier(self.dist)
+        return self.out
+
+    def _measure_all(self) -> None:
+        main = self.dist.is_main
+        n, bs, world = len(self.indices), self.cfg.batch_size, self.dist.world
+        n_batches = (n + bs - 1) // bs
+        # Batch j goes to rank j % world: every sample is computed in the same batch as in a
+        # single process, so per-sample values are identical whatever the number of ranks.
+        chunk = max(1, self.cfg.chunk_batches // world) * world
+        bar = tqdm(total=n, initial=min(n, self.done * bs), desc="emission/absorption", unit="img", disable=not (self.progress and main))
+        try:
+            while self.done < n_batches:
+                chunk_end = min(n_batches, self.done + chunk)
+                for first in range(self.done, chunk_end, world):
+                    mine = first + self.dist.rank
+                    payload = (mine, self._process(mine)) if mine < chunk_end else None
+                    gathered = dist.gather_to_main(payload, self.dist)
+                    if gathered is not None:
+                        for item in gathered:
+                            if item is not None and item[1] is not None:
+                                self._write_rows(*item)
+                        bar.update(min(n, chunk_end * bs, (first + world) * bs) - min(n, first * bs))
+                self._merge_to_main()
+                self.done = chunk_end
+                if main:
+                    self._save_state()
+                dist.barrier(self.dist)
+        finally:
+            bar.close()
+
+    def _process(self, batch: int) -> dict[tuple[str, str], np.ndarray] | None:
+        """Measures global batch ``batch``; updates this rank's summaries; returns per-sample values."""
+        cfg = self.cfg
+        start, stop = batch * cfg.batch_size, min(len(self.indices), (batch + 1) * cfg.batch_size)
+        x, y = self._batch(self.indices[start:stop])
+        res = emission_absorption(self.model, x, y if cfg.loss == "cross_entropy" else None, loss=cfg.loss, layers=list(self.layers))
+        per_sample: dict[tuple[str, str], np.ndarray] = {}
+        for name, r in res.items():
+            em = r.emission.detach().to("cpu", torch.float64)
+            ab = r.absorption.detach().to("cpu", torch.float64)
+            self.summaries[(name, "emission")].update(em)
+            self.summaries[(name, "absorption")].update(ab)
+            self.norm_sum[name] += r.norm_sum.detach().to("cpu", torch.float64).numpy()
+            tot_em, tot_ab = em.sum(1), ab.sum(1)
+            finite = torch.isfinite(tot_em) & torch.isfinite(tot_ab)
+            if finite.any():
+                rel = ((tot_em - tot_ab).abs() / tot_em.abs().clamp_min(1e-30))[finite].max().item()
+                self.totals_maxrel = max(self.totals_maxrel, rel)
+            if cfg.per_sample:
+                per_sample[(name, "emission")] = r.emission.detach().to("cpu", torch.float32).numpy()
+                per_sample[(name, "absorption")] = r.absorption.detach().to("cpu", torch.float32).numpy()
+        return per_sample if cfg.per_sample else None
+
+    def _write_rows(self, batch: int, values: dict[tuple[str, str], np.ndarray]) -> None:
+        start = batch * self.cfg.batch_size
+        for key, arr in values.items():
+            self.arrays[key][start : start + arr.shape[0]] = arr
+
+    def _merge_to_main(self) -> None:
+        """Merges every rank's partial state into rank 0's; the other ranks start the next chunk empty."""
+        if not self.dist.enabled:
+            return
+        keys = list(self.summaries)
+        merged = merge_to_main([self.summaries[k] for k in keys])
+        others = dist.gather_to_main({"norm_sum": self.norm_sum, "maxrel": self.totals_maxrel}, self.dist)
+        if merged is not None and others is not None:
+            self.summaries = dict(zip(keys, merged))
+            for other in others[1:]:
+                for k, m in other["norm_sum"].items():
+                    self.norm_sum[k] += m
+                self.totals_maxrel = max(self.totals_maxrel, other["maxrel"])
+        else:
+            self._fresh_state()
+
+    # ------------------------------------------------------------------ persistence
+    def _open_arrays(self, create: bool) -> None:
+        self.arrays = {}
+        if not self.cfg.per_sample:
+            return
+        for name, info in self.layers.items():
+            for stat in STATS:
+                c = info["c_out" if stat == "emission" else "c_in"]
+                self.arrays[(name, stat)] = self.writer.per_sample_array(name, stat, (len(self.indices), c), create=create)
+
+    def _save_state(self) -> None:
+        for arr in self.arrays.values():
+            arr.flush()
+        self.writer.save_state({
+            "version": STATE_VERSION,
+            "config": json.dumps(self.cfg.to_dict()),
+            "done": self.done,
+            "summaries": pack_summaries(self.summaries),
+            "norm_sum": {k: torch.from_numpy(v) for k, v in self.norm_sum.items()},
+            "totals_maxrel": self.totals_maxrel,
+        })
+
+    def _load_state(self) -> bool:
+        state = self.writer.load_state(STATE_VERSIONS)
+        if state is None:
+            return False
+        if json.loads(state["config"]) != self.cfg.to_dict():
+            raise NndistError(f"--resume {self.out}: options differ from the interrupted run; resume with the same options")
+        self.summaries = unpack_summaries(state["summaries"])
+        self.norm_sum = {k: v.numpy().copy() for k, v in state["norm_sum"].items()}
+        self.done = int(state["done"])
+        self.totals_maxrel = float(state["totals_maxrel"])
+        return True
+
+    def _manifest(self, finished: bool) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "versions": versions(),
+            "model": self.cfg.model,
+            "device": str(self.device),
+            "normalisation": {"mean": list(self.mean), "std": list(self.std)},
+            "layers": self.layers,
+            "unsupported": self.unsupported,
+            "n_samples": len(self.indices),
+            "done_samples": min(len(self.indices), self.done * self.cfg.batch_size),
+            "sample_order": [int(i) for i in self.indices],
+            "classes": list(self.data.classes),
+            "bad_files": [str(f) for f in self.data.bad_files],
+            "identity_max_rel_diff": self.totals_maxrel,
+            "timings": self.timings,
+            "started": self.started,
+            "finished": utc_now() if finished else None,
+        }
+
+    def _write_outputs(self) -> None:
+        rows = [dict(layer=name, channel=channel, stat=stat, **row)
+                for (name, stat), s in self.summaries.items() for channel, row in enumerate(s.rows())]
+        self.writer.write_table("gradients", pd.DataFrame(rows))
+        for (name, stat), arr in self.arrays.items():
+            arr.flush()
+            self.writer.publish_per_sample(name, stat)
+        self.arrays = {}
+        if self.cfg.per_sample:
+            self.writer.write_array(layout.PER_SAMPLE_ORDER, np.asarray(self.indices, dtype=np.int64))
+        n = max(len(self.indices), 1)
+        self.writer.write_arrays(layout.CHANNEL_NORMS, {name: m / n for name, m in self.norm_sum.items()})
+
+
+def run_gradients(
+    config: GradientsConfig | None,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    report: bool = True,
+) -> Path:
+    """Measures per-channel Emission and Absorption over a dataset and writes a run directory.
+
+    Args:
+        config: what to measure (model, weights, data, samples, layers...); None with
+            ``resume=True`` reads it from the run's manifest.
+        out_dir: the run directory (see docs/CONTRACTS.md for its files).
+        overwrite: replace a non-empty ``out_dir``.
+        resume: continue an interrupted run from its last completed chunk.
+        progress: show a progress bar with samples/s.
+        report: also draw the figures and write TensorBoard events, claims and the HTML report.
+
+    Returns:
+        The run directory.
+    """
+    config = study_config(GradientsConfig, config, out_dir, resume=resume, kind=layout.GRADIENTS)
+    return GradientStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report)

@@ -1,0 +1,111 @@
+"""The compiled Summary kernel against its literal twins: numpy in float64 and the torch path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nndist.stats import kernels
+from nndist.stats import Summary
+from test_stats import KINDS, _assert_same_counts, _moments_close, _sample
+
+pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
+
+
+def _data(kind: str, n: int = 150_000) -> np.ndarray:
+    rng = np.random.default_rng(11)
+    if kind == "sorted":  # the worst order for a shift taken from the first values
+        return np.sort(rng.lognormal(0, 2, n))
+    if kind == "subnormal":  # float32 subnormals and exact zeros
+        return rng.normal(0, 1e-39, n) * (rng.random(n) < 0.7)
+    if kind == "wide":  # spread beyond 1e30: the torch float32 path hands this to float64
+        return rng.normal(0, 1e33, n)
+    if kind == "narrow":  # spread below 1e-30
+        return rng.normal(2e-32, 1e-32, n)
+    if kind == "constant":
+        return np.full(n, 0.3)
+    return _sample(kind, n, rng)
+
+
+ALL = KINDS + ["sorted", "subnormal", "wide", "narrow", "constant"]
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_kernel_sums_and_counts_equal_the_literal_computation(kind: str) -> None:
+    x = _data(kind).astype(np.float32)
+    m = 6
+    sums, ref, lo, hi, counts = kernels.power_sums_and_counts(x, 23 - m, 9 + m)
+    keys = (x.view(np.int32) >> (23 - m)) & ((1 << (9 + m)) - 1)
+    assert np.array_equal(counts, np.bincount(keys, minlength=1 << (9 + m)))
+    assert lo == x.min() and hi == x.max()
+    d = x.astype(np.float64) - ref
+    for p in range(1, 5):
+        literal = np.sum(d**p)
+        np.testing.assert_allclose(sums[p - 1], literal, rtol=1e-12, atol=1e-12 * np.sum(np.abs(d) ** p))
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_kernel_summary_equals_float64_summary(kind: str, monkeypatch) -> None:  # noqa: ANN001
+    """Same buckets as the float64 path bucket for bucket; moments as accurate as float64."""
+    x32 = torch.from_numpy(_data(kind)).float()
+    ref = x32.double().numpy()
+    fast = Summary().update(x32)
+    _assert_same_counts(fast, Summary().update(x32.double()))
+    if kind != "constant":
+        _moments_close(fast, ref, rtol=1e-9)
+    else:
+        assert fast.mean == ref[0] and fast.std == 0.0
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    _assert_same_counts(fast, Summary().update(x32))  # the torch float32 path: the same counts
+
+
+def test_kernel_is_used_and_result_does_not_depend_on_thread_count(monkeypatch) -> None:  # noqa: ANN001
+    x = torch.randn(700_000, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    one = kernels.power_sums_and_counts(x.numpy(), 17, 15, threads=1)
+    two = kernels.power_sums_and_counts(x.numpy(), 17, 15, threads=2)
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)  # bit for bit
+    calls = []
+    real = kernels.power_sums_and_counts
+    monkeypatch.setattr(kernels, "power_sums_and_counts", lambda *a: calls.append(1) or real(*a))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the kernel follows torch's thread count (torchrun sets it to 1)
+        single = Summary().update(x).to_tensor().numpy()
+    finally:
+        torch.set_num_threads(threads)
+    many = Summary().update(x).to_tensor().numpy()
+    assert len(calls) == 2
+    assert np.array_equal(single, many, equal_nan=True)  # moments, extremes, counts
+
+
+@pytest.mark.parametrize("where", [0, 12_345], ids=["in-sample", "off-sample"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_batch_leaves_the_kernel_for_the_masked_path(bad: float, where: int, monkeypatch) -> None:  # noqa: ANN001
+    x = torch.randn(50_000, generator=torch.Generator().manual_seed(2))
+    x[where] = bad  # index 0 is in the strided sample that sets the shift, 12345 is not
+    assert kernels.power_sums_and_counts(x.numpy(), 17, 15) is None
+    fast = Summary().update(x)
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    slow = Summary().update(x)
+    _assert_same_counts(fast, slow)
+    assert fast.nonfinite == 1
+    np.testing.assert_allclose(fast.std, slow.std, rtol=1e-12)
+
+
+def test_small_batches_and_other_inputs_skip_the_kernel(monkeypatch) -> None:  # noqa: ANN001
+    calls = []
+    monkeypatch.setattr(kernels, "power_sums_and_counts", lambda *a: calls.append(1))
+    Summary().update(torch.randn(100))  # below the size threshold
+    Summary().update(torch.randn(10_000).double())  # float64
+    Summary(channels=4).update(torch.randn(10_000, 4))  # per channel
+    Summary(relative_accuracy=0.001).update(torch.randn(10_000))  # more mantissa bits than 6
+    assert calls == []
+
+
+def test_kernel_rejects_wrong_arrays() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        kernels.power_sums_and_counts(np.zeros(10), 17, 15)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.power_sums_and_counts(np.zeros(10, np.float32)[::2], 17, 15)
