@@ -45,7 +45,7 @@ _EXPORTS: dict[str, str] = {
     "stratified_subset": "nndist.data.subsets",
     "summarize": "nndist.stats.summary",
     "wasserstein": "nndist.stats.distances",
-    "weight_table": "nndist.stats.tables",
+    "weight_table": "nndist.stats.weightstats",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -74,7 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .probes.gradients import emission_absorption, register_handler
     from .stats.distances import ks_distance, wasserstein
     from .stats.summary import Summary, summarize
-    from .stats.tables import weight_table
+    from .stats.weightstats import weight_table
     from .studies.gradient_study import GradientsConfig, run_gradients
     from .studies.init_config import ReproduceConfig
     from .studies.init_study import run_reproduce

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inits import init_model
     from ..io import write_parquet, write_text
     from ..models import load_model_spec
-    from ..stats.tables import weight_table
+    from ..stats.weightstats import weight_table
 
     torch.manual_seed(args.seed)
     model, info = load_model_spec(args.model)

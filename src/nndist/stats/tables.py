@@ -1,4 +1,4 @@
-"""Summaries as table rows: what the studies measure, and :func:`weight_table` for any model.
+"""Summaries as table rows: what the studies measure of weights and features.
 
 A summary row is the key columns of a table followed by :data:`~nndist.stats.SUMMARY_COLUMNS`;
 a histogram row is one non-empty bin (``left``, ``right``, ``count``) on the fixed global edges.
@@ -10,14 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from ..probes import layer_modules, stream_features
 from .summary import Summary
 
-__all__ = ["feature_summaries", "histogram_rows", "summary_row", "weight_summaries", "weight_table"]
+__all__ = ["feature_summaries", "histogram_rows", "summary_row", "weight_summaries"]
 
 
 def summary_row(summary: Summary, keys: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,17 +63,3 @@ def feature_summaries(
 
     stream_features(model, layers, inputs, consume, batch_size=batch_size, progress=progress)
     return out
-
-
-def weight_table(model: nn.Module) -> pd.DataFrame:
-    """One row per parameter tensor of ``model``: ``layer``, ``param``, ``shape`` and the summary columns.
-
-    ``layer`` and ``param`` split the parameter's name at its last dot; values are summarised in
-    float64 (exact moments).
-    """
-    rows = []
-    for name, p in model.named_parameters():
-        layer, _, param = name.rpartition(".")
-        rows.append({"layer": layer, "param": param, "shape": "x".join(map(str, p.shape)),
-                     **Summary().update(p.detach().to("cpu", torch.float64)).rows()[0]})
-    return pd.DataFrame(rows)

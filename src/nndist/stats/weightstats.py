@@ -1,7 +1,7 @@
 """Weight distribution tables of any tensor source, and the comparison of checkpoints.
 
 Both read a source (a weights file or folder, an ``nn.Module``, a state dict: see
-:mod:`nndist.weightfiles`) one tensor at a time and keep only :class:`~nndist.stats.Summary`
+:mod:`nndist.models.weightfiles`) one tensor at a time and keep only :class:`~nndist.stats.Summary`
 objects, so memory stays about the largest tensor (two of them for :func:`compare`), whatever
 the size of the checkpoint::
 
@@ -58,10 +58,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .errors import NndistError
-from .io import write_parquet, write_text
-from .stats import SUMMARY_COLUMNS, Summary, ks_distance, wasserstein
-from .weightfiles import TensorInfo, TensorSource, as_source
+from ..errors import NndistError
+from ..io import write_parquet, write_text
+from ..models.weightfiles import TensorInfo, TensorSource, as_source
+from .distances import ks_distance, wasserstein
+from .summary import SUMMARY_COLUMNS, Summary
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -222,7 +223,7 @@ def tensor_summaries(
     For histograms of a few tensors after :func:`compare` (``Summary.histogram``).
 
     Args:
-        source: a path, ``nn.Module``, state dict or :class:`~nndist.weightfiles.TensorSource`.
+        source: a path, ``nn.Module``, state dict or :class:`~nndist.models.weightfiles.TensorSource`.
         names: the tensors to summarise; default every summarised (floating) tensor.
         progress: show a progress bar over tensors.
         buffers: for a module, include persistent buffers.
@@ -365,7 +366,7 @@ def weight_table(
     """Distribution of every tensor (or group of tensors) of a checkpoint or model.
 
     Args:
-        source: a weights file or folder (:func:`~nndist.weightfiles.open_weights`), an
+        source: a weights file or folder (:func:`~nndist.models.weightfiles.open_weights`), an
             ``nn.Module`` (its ``named_parameters()``), a state dict, or an open source.
         group: ``"tensor"``, ``"layer"``, ``"block"`` or a glob pattern (module docstring).
         per_channel: add one row per dim-0 slice after each row.
@@ -379,7 +380,7 @@ def weight_table(
         ``nonfinite`` nullable ints; all null on listed integer/bool rows).
 
     Raises:
-        NndistError: a bad source (see :mod:`nndist.weightfiles`), a bad ``group``, a group
+        NndistError: a bad source (see :mod:`nndist.models.weightfiles`), a bad ``group``, a group
             whose name collides with a tensor's, or ``per_channel`` on a group whose members
             differ in dim 0. Raised before any tensor is read.
     """

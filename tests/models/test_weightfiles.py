@@ -19,9 +19,9 @@ from weights_fixtures import (
     write_torchvision_pth,
 )
 
-from nndist import weightfiles
+from nndist.models import weightfiles
 from nndist.errors import NndistError
-from nndist.weightfiles import (
+from nndist.models.weightfiles import (
     MappingSource,
     ModuleSource,
     TensorInfo,

@@ -3,7 +3,7 @@
 Each measurement runs in a fresh interpreter under ``/usr/bin/time -v`` (or, without GNU time,
 in a child whose ``RUSAGE_CHILDREN`` peak is read by an intermediate interpreter). The bound is
 the issue's "largest tensor + 600 MB", counted above the peak of the same interpreter that only
-imports :mod:`nndist.weightstats`: torch and its libraries alone are resident at ~0.85 GB here
+imports :mod:`nndist.stats.weightstats`: torch and its libraries alone are resident at ~0.85 GB here
 (a bare ``import torch``), which no streaming can remove.
 """
 
@@ -24,7 +24,7 @@ from weights_fixtures import write_safetensors_stream
 
 pytestmark = pytest.mark.slow  # writes 4 GB and reads them back: about a minute
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 MB = 1 << 20
 LARGEST = 256 * MB  # bytes of the largest tensor
 ALLOWANCE = LARGEST + 600 * MB
@@ -87,7 +87,7 @@ def _report(what: str, peak: int, baseline: int) -> None:
 @pytest.fixture(scope="module")
 def baseline() -> int:
     torch_only = _peak_rss("import torch")
-    base = _peak_rss("import nndist.weightstats")
+    base = _peak_rss("import nndist.stats.weightstats")
     print(f"\nbare `import torch`: peak RSS {torch_only / MB:.0f} MB")
     return base
 
@@ -99,7 +99,7 @@ def test_weight_table_of_2gb_checkpoint_stays_under_largest_tensor_plus_600mb(
     total = sum(1 for s in (1, 2) for _ in _specs(s))
     n = sum(int(np.prod(shape)) for s in (1, 2) for _, _, shape in _specs(s))
     peak = _peak_rss(
-        "from nndist.weightstats import weight_table\n"
+        "from nndist.stats.weightstats import weight_table\n"
         f"t = weight_table({str(a)!r})\n"
         f"assert len(t) == {total} and int(t['n'].sum()) == {n}, t\n"
         "assert t['std'].between(0.019, 0.021).all(), t['std']\n"
@@ -111,7 +111,7 @@ def test_weight_table_of_2gb_checkpoint_stays_under_largest_tensor_plus_600mb(
 def test_compare_of_two_2gb_checkpoints_stays_bounded(checkpoints: tuple[Path, Path], baseline: int) -> None:
     a, b = checkpoints
     peak = _peak_rss(
-        "from nndist.weightstats import compare\n"
+        "from nndist.stats.weightstats import compare\n"
         f"t = compare([{str(a)!r}, {str(b)!r}])\n"
         "assert len(t) == 10 and (t['status'] == 'compared').all(), t\n"
         "assert t['rel_change'].between(1.3, 1.5).all(), t['rel_change']\n"  # independent: about sqrt(2)

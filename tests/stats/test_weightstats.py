@@ -19,11 +19,11 @@ from weights_fixtures import (
     write_torchvision_pth,
 )
 
-from nndist import weightstats
+from nndist.stats import weightstats
 from nndist.errors import NndistError
 from nndist.stats import SUMMARY_COLUMNS, ks_distance, summarize, wasserstein
-from nndist.weightfiles import _natural_key, open_weights
-from nndist.weightstats import (
+from nndist.models.weightfiles import _natural_key, open_weights
+from nndist.stats.weightstats import (
     COMPARE_COLUMNS,
     WEIGHT_COLUMNS,
     compare,

@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import NndistError
+from ..errors import NndistError
 
 __all__ = [
     "REMAP_BYTES",
