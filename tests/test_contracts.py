@@ -100,10 +100,10 @@ def test_no_class_over_the_limit():
 def render_schema() -> str:
     """The run-directory section of the doc, from nndist.results.layout and nndist.results.schema."""
     from nndist.results import layout
-    from nndist.results.schema import KIND_TABLES, TABLES
+    from nndist.results.schema import TABLES
 
-    def table_lines(name: str) -> list[str]:
-        spec = TABLES[name]
+    def table_lines(kind: str, name: str) -> list[str]:
+        spec = TABLES[kind][name]
         values = "the summary columns" if spec.values[:1] == ("n",) else ", ".join(spec.values)
         order = f"; rows ordered by `{spec.order}`, then by the run's place in the config" if spec.order else ""
         return [f"- `{layout.table_file(name)}`: keys `{', '.join(spec.keys)}`, then {values}{order}"]
@@ -127,11 +127,11 @@ def render_schema() -> str:
             *(f"- `{layout.figure_file(name, '<layer>', fmts[0])}`" for name, fmts in fig.items() if name in ("fig4", "heatmap")),
         ],
     }
-    for kind in layout.KINDS:
+    for kind in (k for k in layout.KINDS if k in TABLES):
         lines += [f"`{kind}`:", ""]
-        for name in KIND_TABLES[kind]:
-            lines += table_lines(name)
-        lines += [*extra[kind], f"- `{layout.STATE_FILES[kind]}`: resume state", ""]
+        for name in TABLES[kind]:
+            lines += table_lines(kind, name)
+        lines += [*extra.get(kind, []), *([f"- `{layout.STATE_FILES[kind]}`: resume state"] if kind in layout.STATE_FILES else []), ""]
     return "\n".join(lines).strip()
 
 

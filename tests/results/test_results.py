@@ -30,12 +30,12 @@ def test_stages_and_files():
     assert layout.per_sample_file("", "emission") == "per_sample/model.emission.npy"
     assert layout.figure_file("fig4", "layer1.0.conv1") == "figures/fig4_layer1.0.conv1.png"
     assert layout.checkpoint_file(layout.run_key("zeros", 2), "after") == "checkpoints/zeros-seed2/after.safetensors"
-    assert columns("weights")[-len(SUMMARY_COLUMNS):] == list(SUMMARY_COLUMNS)
+    assert columns("reproduce", "weights")[-len(SUMMARY_COLUMNS):] == list(SUMMARY_COLUMNS)
 
 
 def _loss_rows() -> pd.DataFrame:
     rows = [("b", 0, 1, step, 1.0 + step) for step in range(3)] + [("a", 0, 1, step, 2.0 + step) for step in range(3)]
-    return pd.DataFrame(rows, columns=columns("loss"))
+    return pd.DataFrame(rows, columns=columns("reproduce", "loss"))
 
 
 def test_writer_orders_rows_by_step_then_run_order(tmp_path):
@@ -69,7 +69,7 @@ def test_final_losses_is_the_mean_of_each_runs_last_epoch(tmp_path):
     writer = RunWriter(tmp_path, layout.REPRODUCE)
     rows = [("a", 0, e, 3 * (e - 1) + k, float(10 * e + k)) for e in (1, 2) for k in range(3)]
     rows += [("d", 1, 1, 0, 5.0), ("d", 1, 1, 1, math.nan)]  # diverged in epoch 1, no epoch 2 rows
-    writer.write_table("loss", pd.DataFrame(rows, columns=columns("loss")))
+    writer.write_table("loss", pd.DataFrame(rows, columns=columns("reproduce", "loss")))
     writer.write_manifest({"runs": {layout.run_key("a", 0): {"init": "a", "seed": 0, "status": "done"},
                                     layout.run_key("d", 1): {"init": "d", "seed": 1, "status": "diverged"}}})
     finals = load_run(tmp_path).final_losses().set_index(["init", "seed"])
@@ -90,5 +90,6 @@ def test_per_sample_arrays_are_published_under_the_layout_name(tmp_path):
 
 
 def test_every_table_has_keys():
-    for name, spec in TABLES.items():
-        assert spec.keys and set(spec.keys).isdisjoint(spec.values), name
+    for kind, tables in TABLES.items():
+        for name, spec in tables.items():
+            assert spec.keys and set(spec.keys).isdisjoint(spec.values), (kind, name)

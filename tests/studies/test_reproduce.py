@@ -213,7 +213,7 @@ def _as_legacy(state_file, version):
         }
         rank["before"] = [[key, to_saveable(unpack(packed)[0].state_dict())] for key, packed in rank["before"]]
         if version == 2:
-            rank["tables"] = to_saveable({name: decode_chunks(rank["tables"][name], name).to_dict("records") for name in TABLES})
+            rank["tables"] = to_saveable({name: decode_chunks(rank["tables"][name], "reproduce", name).to_dict("records") for name in TABLES})
     state["version"] = version
     torch.save(state, state_file)
 

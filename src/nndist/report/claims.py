@@ -686,7 +686,7 @@ def evaluate_claims(run_dir: str | os.PathLike[str] | RunDir) -> pd.DataFrame:
     for cid, (_, kind) in CLAIMS.items():
         if kind != run.kind:
             # run the claim on nothing, to state its rule, then say why it was not measured
-            empty = RunDir(path=run.path, manifest={"kind": kind}, _tables=dict.fromkeys(TABLES))
+            empty = RunDir(path=run.path, manifest={"kind": kind}, _tables=dict.fromkeys(TABLES[kind]))
             empty_rows = _REPRODUCE_FUNCS[cid](_Study(empty)) if kind == REPRODUCE else _GRADIENT_FUNCS[cid](empty)
             rule = empty_rows[0]["rule"]
             rows += _not_measured(cid, f"needs a {kind} run; this is a {run.kind} run", rule)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from ..errors import NndistError
 from ..results import RunDir, layout, load_run
@@ -13,7 +14,13 @@ from .figures_gradients import write_gradient_figures
 from .html import write_report
 from .tensorboard import write_tensorboard
 
-__all__ = ["draw_figures", "finish_run_directory", "report_run"]
+__all__ = ["FIGURES", "draw_figures", "finish_run_directory", "report_run"]
+
+#: The static figures of each kind of run: ``fn(run) -> [paths]``.
+FIGURES: dict[str, Callable[[RunDir], list[Path]]] = {
+    layout.REPRODUCE: write_figures,
+    layout.GRADIENTS: write_gradient_figures,
+}
 
 
 def draw_figures(run_dir: str | Path | RunDir) -> list[Path]:
@@ -23,9 +30,7 @@ def draw_figures(run_dir: str | Path | RunDir) -> list[Path]:
         NndistError: a table the figures need is missing (the run is not finished).
     """
     run = run_dir if isinstance(run_dir, RunDir) else load_run(run_dir)
-    if run.kind == layout.GRADIENTS:
-        return write_gradient_figures(run)
-    return write_figures(run)
+    return FIGURES[run.kind](run)
 
 
 def finish_run_directory(run_dir: str | Path, *, figures: bool = False) -> None:

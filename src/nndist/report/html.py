@@ -15,7 +15,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -198,6 +198,13 @@ def _gradients_sections(run: RunDir, embed: bool) -> dict:
     return {"figures": figures, "runs": None, "tables": tables, "layers": layers}
 
 
+#: The sections of each kind of run's report: ``fn(run, embed_figures) -> {"figures", "runs", "tables", "layers"}``.
+SECTIONS: dict[str, Callable[[RunDir, bool], dict]] = {
+    layout.REPRODUCE: _reproduce_sections,
+    layout.GRADIENTS: _gradients_sections,
+}
+
+
 def render_report(run_dir: str | os.PathLike[str] | RunDir, *, embed_figures: bool = False,
                   claims: pd.DataFrame | None = None) -> str:
     """The report page of a run directory, as an HTML string.
@@ -214,7 +221,7 @@ def render_report(run_dir: str | os.PathLike[str] | RunDir, *, embed_figures: bo
 
     run = run_dir if isinstance(run_dir, RunDir) else load_run(run_dir)
     claims = evaluate_claims(run) if claims is None else claims
-    sections = (_reproduce_sections if run.kind == layout.REPRODUCE else _gradients_sections)(run, embed_figures)
+    sections = SECTIONS[run.kind](run, embed_figures)
     summary = claims[claims["level"] == "summary"]
     details = claims[claims["level"] == "detail"]
     counts = summary["verdict"].value_counts().to_dict()

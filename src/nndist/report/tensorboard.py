@@ -82,7 +82,7 @@ def _add_raw(writer, tag: str, step: int, limits, counts, *, n, total, sumsq, vm
                              bucket_counts=list(counts), global_step=int(step))
 
 
-def _write_reproduce(run: RunDir, writer) -> None:
+def _write_reproduce(run: RunDir, writer, bins: int) -> None:
     loss = run.table("loss")
     acc = run.table("accuracy")
     seeds: set = set()
@@ -169,6 +169,10 @@ def _write_gradients(run: RunDir, writer, bins: int) -> None:
                              n=rec.n, total=total, sumsq=sumsq, vmin=qs[0], vmax=qs[-1])
 
 
+#: What each kind of run writes as TensorBoard events: ``fn(run, writer, bins)``.
+WRITERS = {layout.REPRODUCE: _write_reproduce, layout.GRADIENTS: _write_gradients}
+
+
 def write_tensorboard(run_dir: str | os.PathLike[str], *, bins: int = 64) -> Path:
     """Writes TensorBoard event files for a run directory under ``RUN_DIR/tb``.
 
@@ -191,10 +195,7 @@ def write_tensorboard(run_dir: str | os.PathLike[str], *, bins: int = 64) -> Pat
     try:
         writer = SummaryWriter(log_dir=str(tmp), filename_suffix=TB_SUFFIX)
         try:
-            if run.kind == layout.REPRODUCE:
-                _write_reproduce(run, writer)
-            elif run.kind == layout.GRADIENTS:
-                _write_gradients(run, writer, bins)
+            WRITERS[run.kind](run, writer, bins)
         finally:
             writer.close()
         for old in tb.glob(f"events.out.tfevents.*{TB_SUFFIX}"):

@@ -15,12 +15,14 @@ __all__ = [
     "CHANNEL_NORMS",
     "CHECKPOINTS_DIR",
     "CLAIMS",
+    "COMPARE",
     "FIGURES_DIR",
     "FIGURE_FORMATS",
     "GRADIENTS",
     "KINDS",
     "LOCK",
     "MANIFEST",
+    "MONITOR",
     "PER_SAMPLE_DIR",
     "PER_SAMPLE_ORDER",
     "REPORT",
@@ -40,9 +42,10 @@ __all__ = [
     "table_file",
 ]
 
-#: Kinds of run directory (the manifest's ``kind``).
-REPRODUCE, GRADIENTS = "reproduce", "gradients"
-KINDS: tuple[str, ...] = (REPRODUCE, GRADIENTS)
+#: Kinds of run directory (the manifest's ``kind``): the two studies, a training loop watched by
+#: ``nndist.Monitor``, and a comparison of checkpoints.
+REPRODUCE, GRADIENTS, MONITOR, COMPARE = "reproduce", "gradients", "monitor", "compare"
+KINDS: tuple[str, ...] = (REPRODUCE, GRADIENTS, MONITOR, COMPARE)
 
 MANIFEST = "manifest.json"
 CLAIMS = "claims.csv"

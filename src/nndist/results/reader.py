@@ -24,8 +24,9 @@ from .schema import TABLES
 __all__ = ["RunDir", "load_run"]
 
 # What a reader needs of each table: its key columns and the values it reads.
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    name: spec.keys + ("n", "mean", "std") if "n" in spec.values else spec.columns for name, spec in TABLES.items()
+_REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
+    kind: {name: spec.keys + ("n", "mean", "std") if "n" in spec.values else spec.columns for name, spec in tables.items()}
+    for kind, tables in TABLES.items()
 }
 
 
@@ -52,7 +53,7 @@ class RunDir:
             NndistError: If the file cannot be read or lacks a documented column.
         """
         if name not in self._tables:
-            self._tables[name] = _read_table(self.file(layout.table_file(name)), _REQUIRED.get(name, ()))
+            self._tables[name] = _read_table(self.file(layout.table_file(name)), _REQUIRED.get(self.kind, {}).get(name, ()))
         return self._tables[name]
 
     def run_status(self) -> dict[tuple[str, int], dict]:

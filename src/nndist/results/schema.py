@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..stats.summary import SUMMARY_COLUMNS
 from .layout import GRADIENTS, REPRODUCE
 
-__all__ = ["HISTOGRAM_COLUMNS", "KIND_TABLES", "SUMMARY_COLUMNS", "TABLES", "TableSpec", "columns", "spec"]
+__all__ = ["HISTOGRAM_COLUMNS", "SUMMARY_COLUMNS", "TABLES", "TableSpec", "columns", "spec"]
 
 #: One row per non-empty bin of a summary's histogram, on the fixed global edges.
 HISTOGRAM_COLUMNS: tuple[str, ...] = ("table", "init", "seed", "layer", "param", "input", "stage", "left", "right", "count")
@@ -37,31 +37,28 @@ class TableSpec:
         return self.keys + self.values
 
 
-TABLES: dict[str, TableSpec] = {
-    # reproduce
-    "loss": TableSpec(("init", "seed", "epoch", "step"), ("loss",), order="step"),
-    "accuracy": TableSpec(("init", "seed", "epoch", "split"), ("accuracy", "loss"), order="epoch"),
-    "weights": TableSpec(("init", "seed", "layer", "param", "stage"), SUMMARY_COLUMNS, order="stage"),
-    "features": TableSpec(("init", "seed", "layer", "input", "stage"), SUMMARY_COLUMNS, order="stage"),
-    "histograms": TableSpec(HISTOGRAM_COLUMNS[:7], HISTOGRAM_COLUMNS[7:], order="stage"),
-    "shifts": TableSpec(("table", "init", "seed", "layer", "param", "input"), ("wasserstein", "ks")),
-    # gradients
-    "gradients": TableSpec(("layer", "channel", "stat"), SUMMARY_COLUMNS),
+#: Every table of every kind of run: ``TABLES[kind][name]``. A kind's tables are its own (a
+#: monitor's ``weights`` table is not a reproduce run's).
+TABLES: dict[str, dict[str, TableSpec]] = {
+    REPRODUCE: {
+        "loss": TableSpec(("init", "seed", "epoch", "step"), ("loss",), order="step"),
+        "accuracy": TableSpec(("init", "seed", "epoch", "split"), ("accuracy", "loss"), order="epoch"),
+        "weights": TableSpec(("init", "seed", "layer", "param", "stage"), SUMMARY_COLUMNS, order="stage"),
+        "features": TableSpec(("init", "seed", "layer", "input", "stage"), SUMMARY_COLUMNS, order="stage"),
+        "histograms": TableSpec(HISTOGRAM_COLUMNS[:7], HISTOGRAM_COLUMNS[7:], order="stage"),
+        "shifts": TableSpec(("table", "init", "seed", "layer", "param", "input"), ("wasserstein", "ks")),
+    },
+    GRADIENTS: {
+        "gradients": TableSpec(("layer", "channel", "stat"), SUMMARY_COLUMNS),
+    },
 }
 
 
-#: The tables each kind of run writes.
-KIND_TABLES: dict[str, tuple[str, ...]] = {
-    REPRODUCE: ("loss", "accuracy", "weights", "features", "histograms", "shifts"),
-    GRADIENTS: ("gradients",),
-}
+def spec(kind: str, name: str) -> TableSpec:
+    """The :class:`TableSpec` of table ``name`` of a ``kind`` of run."""
+    return TABLES[kind][name]
 
 
-def spec(name: str) -> TableSpec:
-    """The :class:`TableSpec` of table ``name``."""
-    return TABLES[name]
-
-
-def columns(name: str) -> list[str]:
-    """All fixed columns of table ``name``, in order."""
-    return list(TABLES[name].columns)
+def columns(kind: str, name: str) -> list[str]:
+    """All fixed columns of table ``name`` of a ``kind`` of run, in order."""
+    return list(TABLES[kind][name].columns)

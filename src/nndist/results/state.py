@@ -36,19 +36,19 @@ __all__ = [
 ]
 
 
-def encode_rows(rows: Sequence[Mapping[str, Any]], table: str) -> torch.Tensor:
+def encode_rows(rows: Sequence[Mapping[str, Any]], kind: str, table: str) -> torch.Tensor:
     """Rows of ``table`` as the bytes of one Parquet file, in a uint8 tensor (loads with weights_only)."""
     buf = io.BytesIO()
-    pd.DataFrame(list(rows), columns=columns(table)).to_parquet(buf, index=False)
+    pd.DataFrame(list(rows), columns=columns(kind, table)).to_parquet(buf, index=False)
     return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
 
-def decode_chunks(chunks: Sequence[torch.Tensor], table: str) -> pd.DataFrame:
-    """The rows of encoded chunks of ``table``, in order, as one DataFrame."""
+def decode_chunks(chunks: Sequence[torch.Tensor], kind: str, table: str) -> pd.DataFrame:
+    """The rows of encoded chunks of ``table`` (of a ``kind`` of run), in order, as one DataFrame."""
     frames = [pd.read_parquet(io.BytesIO(c.numpy().tobytes())) for c in chunks]
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame(columns=columns(table))
+        return pd.DataFrame(columns=columns(kind, table))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -59,10 +59,12 @@ class TableChunks:
     count behind each file neither decodes nor rewrites an unchanged table.
 
     Args:
+        kind: the kind of run whose tables these are.
         tables: the table names.
     """
 
-    def __init__(self, tables: Sequence[str]) -> None:
+    def __init__(self, kind: str, tables: Sequence[str]) -> None:
+        self.kind = kind
         self.chunks: dict[str, list[torch.Tensor]] = {name: [] for name in tables}
         self.encoded: dict[str, int] = {name: 0 for name in tables}
 
@@ -71,7 +73,7 @@ class TableChunks:
         for name in self.chunks:
             table = rows[name]
             if len(table) > self.encoded[name]:
-                self.chunks[name].append(encode_rows(table[self.encoded[name] :], name))
+                self.chunks[name].append(encode_rows(table[self.encoded[name] :], self.kind, name))
                 self.encoded[name] = len(table)
         return {name: list(c) for name, c in self.chunks.items()}
 

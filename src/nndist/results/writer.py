@@ -141,7 +141,7 @@ class RunWriter:
 
     # ------------------------------------------------------------------ tables
     def write_table(self, name: str, df: pd.DataFrame, run_order: Mapping[tuple[str, int], int] | None = None) -> Path:
-        """Writes table ``name`` (:data:`nndist.results.schema.TABLES`) with its rows in order.
+        """Writes table ``name`` of this kind of run (:data:`nndist.results.schema.TABLES`) in order.
 
         Args:
             name: the table.
@@ -151,7 +151,7 @@ class RunWriter:
         Raises:
             ValueError: a fixed column is missing (a programming error, not a user's).
         """
-        spec = TABLES[name]
+        spec = TABLES[self.kind][name]
         missing = [c for c in spec.columns if c not in df.columns]
         if missing:
             raise ValueError(f"table {name} lacks the column(s) {', '.join(missing)}")

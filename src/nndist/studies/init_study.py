@@ -105,7 +105,7 @@ class InitStudy:
         self.my_keys = self.keys[self.dist.rank :: self.dist.world]
         self.run_order = {(k.init, k.seed): i for i, k in enumerate(self.keys)}
         self.tables: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
-        self.chunks = TableChunks(TABLES)
+        self.chunks = TableChunks(layout.REPRODUCE, TABLES)
         self.written: dict[str, int] = {}  # chunks behind each table file as last written (rank 0)
         self.before: dict[tuple, Summary] = {}
         self.shifts: list[dict[str, Any]] = []
@@ -320,7 +320,7 @@ class InitStudy:
             if self.written.get(name) == len(chunks):
                 continue
             self.written[name] = len(chunks)
-            self.writer.write_table(name, decode_chunks(chunks, name), self.run_order)
+            self.writer.write_table(name, decode_chunks(chunks, layout.REPRODUCE, name), self.run_order)
         if shifts:
             self.writer.write_table("shifts", pd.DataFrame(shifts), self.run_order)
 
@@ -367,7 +367,7 @@ class InitStudy:
             self.runs.load_state_dict(mine["runs"])
             load_optimizer_state(self.opt, mine["optimizer"], self.runs)  # type: ignore[arg-type]
         if state["version"] >= 3:  # encoded chunks
-            self.tables = {name: decode_chunks(mine["tables"][name], name).to_dict("records") for name in TABLES}
+            self.tables = {name: decode_chunks(mine["tables"][name], layout.REPRODUCE, name).to_dict("records") for name in TABLES}
         else:  # version 2: the rows themselves
             self.tables = {name: list(rows) for name, rows in from_saved(mine["tables"]).items()}
         self.before = unpack_summaries(mine["before"])
