@@ -136,6 +136,7 @@ def render_schema() -> str:
 
 
 def _doc_schema(text: str) -> str:
+    assert text.count("<!-- schema:begin -->") == 1 and text.count("<!-- schema:end -->") == 1, "one schema block"
     return text.split("<!-- schema:begin -->")[1].split("<!-- schema:end -->")[0].strip()
 
 
@@ -161,7 +162,7 @@ def test_package_import_is_light(module):
 
 if __name__ == "__main__":  # rewrite the generated section
     sys.path.insert(0, str(ROOT / "src"))
-    text = DOC.read_text(encoding="utf-8")
-    old = text.split("<!-- schema:begin -->")[1].split("<!-- schema:end -->")[0]
-    DOC.write_text(text.replace(old, "\n" + render_schema() + "\n"), encoding="utf-8")
+    head, rest = DOC.read_text(encoding="utf-8").split("<!-- schema:begin -->")
+    tail = rest.split("<!-- schema:end -->")[1]
+    DOC.write_text(f"{head}<!-- schema:begin -->\n{render_schema()}\n<!-- schema:end -->{tail}", encoding="utf-8")
     print(f"rewrote the schema section of {DOC}")

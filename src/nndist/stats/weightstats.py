@@ -60,6 +60,7 @@ import torch
 
 from ..errors import NndistError
 from ..io import write_parquet, write_text
+from ..progress import progress_bar
 from ..models.weightfiles import TensorInfo, TensorSource, as_source
 from .distances import ks_distance, wasserstein
 from .summary import SUMMARY_COLUMNS, Summary
@@ -206,9 +207,7 @@ def _opened(obj: Any, *, buffers: bool = False) -> Iterator[TensorSource]:
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="tensor", disable=not enabled, leave=False)
+    return progress_bar(total, desc, "tensor", enabled=enabled, leave=False)
 
 
 def tensor_summaries(

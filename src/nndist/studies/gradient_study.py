@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import dist
 from ..data import load_split, resolve_samples, stratified_subset
 from ..errors import NndistError
 from ..models import get_model_spec, load_model
 from ..probes.gradients import emission_absorption
+from ..progress import progress_bar
 from ..report import draw_figures, finish_run_directory
 from ..results import RunWriter, layout, utc_now, versions
 from ..results.state import pack_summaries, unpack_summaries
@@ -190,7 +190,7 @@ class GradientStudy:
         # Batch j goes to rank j % world: every sample is computed in the same batch as in a
         # single process, so per-sample values are identical whatever the number of ranks.
         chunk = max(1, self.cfg.chunk_batches // world) * world
-        bar = tqdm(total=n, initial=min(n, self.done * bs), desc="emission/absorption", unit="img", disable=not (self.progress and main))
+        bar = progress_bar(n, "emission/absorption", "img", enabled=self.progress and main, initial=min(n, self.done * bs))
         try:
             while self.done < n_batches:
                 chunk_end = min(n_batches, self.done + chunk)

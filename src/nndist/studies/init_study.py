@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import dist
 from ..errors import NndistError
 from ..inits import INITS, init_model
 from ..models import build_model
 from ..probes import layer_modules
+from ..progress import progress_bar
 from ..report import draw_figures, finish_run_directory
 from ..results import RunWriter, layout, utc_now, versions
 from ..results.state import TableChunks, decode_chunks, from_saved, pack_summaries, unpack_summaries
@@ -200,7 +200,7 @@ class InitStudy:
         steps_per_epoch = (n_train + cfg.batch_size - 1) // cfg.batch_size
         first_epoch = self.pos.epoch + 1 if self.pos.step_in_epoch == 0 else self.pos.epoch
         t0 = time.perf_counter()
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=self.pos.global_step, desc="training", unit="step", disable=not self.progress)
+        bar = progress_bar(cfg.epochs * steps_per_epoch, "training", "step", enabled=self.progress, initial=self.pos.global_step)
         try:
             for epoch in range(first_epoch, cfg.epochs + 1):
                 order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(self.device)
@@ -257,7 +257,7 @@ class InitStudy:
         t0 = time.perf_counter()
         inputs = self.data.inputs()
         total = len(self.my_keys) * sum(x.shape[0] for x in inputs.values())
-        bar = tqdm(total=total, desc=f"features {stage}", unit="img", disable=not self.progress, leave=False)
+        bar = progress_bar(total, f"features {stage}", "img", enabled=self.progress, leave=False)
         try:
             for r, key in enumerate(self.my_keys):
                 model = self.runs.model(r)  # type: ignore[union-attr]
