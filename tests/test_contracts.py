@@ -110,8 +110,10 @@ def render_schema() -> str:
 
     fig = layout.FIGURE_FORMATS
     lines = [f"Every run directory holds `{layout.MANIFEST}` (its `kind`: {', '.join(f'`{k}`' for k in layout.KINDS)}),"
-             f" `{layout.REPORT}`, `{layout.CLAIMS}`, `{layout.TB_DIR}/` (TensorBoard events) and, while it runs,"
-             f" `{layout.LOCK}` and `{layout.STATE_DIR}/`.", ""]
+             f" `{layout.REPORT}`, `{layout.CLAIMS}`, `{layout.TB_DIR}/` (TensorBoard events) and, until it has"
+             f" finished, `{layout.STATE_DIR}/` (kept with `--keep-state`). While a process writes `RUN`, it holds"
+             f" `{layout.lock_file(Path('RUN')).name}` beside it; an `--overwrite` run writes into"
+             f" `{layout.staging_dir(Path('RUN')).name}` and replaces `RUN` with it when it has finished.", ""]
     extra = {
         layout.REPRODUCE: [
             f"- `{layout.checkpoint_file('<run key>', '<stage>')}`: stages `{layout.BEFORE}` and `{layout.AFTER}`; the run key is"

@@ -46,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     group.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--no-report", action="store_true", help="write tables only: no figures, TensorBoard, claims or report (nndist report adds them later)")
+    p.add_argument("--keep-state", action="store_true", help="keep the resume state (state/) after the run has finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if cfg is not None and args.model is None:
         raise NndistError("--model is required (a model name such as cifar_resnet20, or torchvision:NAME)")
-    out = run_gradients(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress, report=not args.no_report)
+    out = run_gradients(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress, report=not args.no_report, keep_state=args.keep_state)
     print(f"wrote {out}" + ("" if args.no_report else f" (report: {out / 'report.html'})"))
     print_claims_of(out)
     return 0

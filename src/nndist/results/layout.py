@@ -8,6 +8,7 @@ the same names and a test checks that the two agree.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 __all__ = [
     "AFTER",
@@ -20,7 +21,6 @@ __all__ = [
     "FIGURE_FORMATS",
     "GRADIENTS",
     "KINDS",
-    "LOCK",
     "MANIFEST",
     "MONITOR",
     "PER_SAMPLE_DIR",
@@ -34,6 +34,9 @@ __all__ = [
     "epoch_stage",
     "figure_file",
     "layer_file_stem",
+    "lock_file",
+    "retired_dir",
+    "staging_dir",
     "parse_run_key",
     "per_sample_file",
     "run_key",
@@ -57,8 +60,6 @@ STATE_DIR = "state"
 PER_SAMPLE_DIR = "per_sample"
 PER_SAMPLE_ORDER = f"{PER_SAMPLE_DIR}/order.npy"
 CHANNEL_NORMS = "channel_norms.npz"
-#: Held (locked) by the process that writes the run directory.
-LOCK = ".nndist.lock"
 #: Resume state of each kind of run.
 STATE_FILES: dict[str, str] = {REPRODUCE: f"{STATE_DIR}/train.pt", GRADIENTS: f"{STATE_DIR}/gradients.pt"}
 
@@ -71,6 +72,22 @@ FIGURE_FORMATS: dict[str, tuple[str, ...]] = {
 #: Stages of the distributions of a reproduce run; ``epoch_K`` lies between them.
 BEFORE, AFTER = "before", "after"
 _EPOCH = re.compile(r"^epoch_(\d+)$")
+
+
+def lock_file(run_dir: Path) -> Path:
+    """The lock held by the process writing ``run_dir``: a hidden file beside it (the directory
+    itself may be replaced by an ``--overwrite`` run)."""
+    return run_dir.parent / f".{run_dir.name}.nndist-lock"
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where an ``--overwrite`` run writes until it has finished; then it replaces ``run_dir``."""
+    return run_dir.parent / f".{run_dir.name}.nndist-new"
+
+
+def retired_dir(run_dir: Path) -> Path:
+    """Where the replaced results wait, for the moment of the swap, before they are deleted."""
+    return run_dir.parent / f".{run_dir.name}.nndist-old"
 
 
 def table_file(name: str) -> str:

@@ -104,7 +104,6 @@ class GradientStudy:
         config.check()
         self.cfg = cfg = config
         self.writer = RunWriter(out_dir, layout.GRADIENTS)
-        self.out = self.writer.path
         self.dist = dist.setup(cfg.device)
         self.device = study_device(cfg.device, self.dist)
         self.progress = progress
@@ -154,7 +153,7 @@ class GradientStudy:
         self.totals_maxrel = 0.0
 
     # ------------------------------------------------------------------ the run
-    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True) -> Path:
+    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True, keep_state: bool = False) -> Path:
         """Measures every batch and writes the run directory; returns it."""
         main = self.dist.is_main
         error = None
@@ -164,24 +163,38 @@ class GradientStudy:
                 self.started = (old or {}).get("started") or self.started
             except NndistError as exc:
                 error = str(exc)
-        dist.raise_on_every_rank(error, self.dist)
-        resumed = bool(resume and main and self._load_state())
-        self.done = int(dist.broadcast_from_main(self.done, self.dist))
-        if main:
-            self._open_arrays(create=not resumed)
-            self.writer.write_manifest(self._manifest(False))
-        t1 = time.perf_counter()
-        self._measure_all()
-        self.timings["measure"] = time.perf_counter() - t1
-        self.timings["samples_per_s"] = (len(self.indices) / self.timings["measure"]) if self.timings["measure"] > 0 else float("nan")
-        if main:
-            self._write_outputs()
-            if report:
-                draw_figures(self.out)
-                finish_run_directory(self.out)
-            self.writer.write_manifest(self._manifest(True))
-        dist.barrier(self.dist)
+        try:
+            dist.raise_on_every_rank(error, self.dist)
+            resumed = bool(resume and main and self._load_state())
+            self.done = int(dist.broadcast_from_main(self.done, self.dist))
+            if main:
+                self._open_arrays(create=not resumed)
+                self.writer.write_manifest(self._manifest(False))
+            t1 = time.perf_counter()
+            self._measure_all()
+            self.timings["measure"] = time.perf_counter() - t1
+            self.timings["samples_per_s"] = (len(self.indices) / self.timings["measure"]) if self.timings["measure"] > 0 else float("nan")
+            if main:
+                self._write_outputs()
+                self.writer.write_manifest(self._manifest(True))
+                self.writer.commit()
+                if report:
+                    t0 = time.perf_counter()
+                    draw_figures(self.out)
+                    finish_run_directory(self.out)
+                    self.timings["report"] = time.perf_counter() - t0
+                    self.writer.write_manifest(self._manifest(True))
+                if not keep_state:
+                    self.writer.remove_state()
+            dist.barrier(self.dist)
+        finally:
+            self.writer.release()
         return self.out
+
+    @property
+    def out(self) -> Path:
+        """The run directory (until an ``--overwrite`` run finishes, the staging folder it writes to)."""
+        return self.writer.path
 
     def _measure_all(self) -> None:
         main = self.dist.is_main
@@ -331,6 +344,7 @@ def run_gradients(
     resume: bool = False,
     progress: bool = True,
     report: bool = True,
+    keep_state: bool = False,
 ) -> Path:
     """Measures per-channel Emission and Absorption over a dataset and writes a run directory.
 
@@ -342,9 +356,10 @@ def run_gradients(
         resume: continue an interrupted run from its last completed chunk.
         progress: show a progress bar with samples/s.
         report: also draw the figures and write TensorBoard events, claims and the HTML report.
+        keep_state: keep the resume state (``state/``) of the completed run (default: delete it).
 
     Returns:
         The run directory.
     """
     config = study_config(GradientsConfig, config, out_dir, resume=resume, kind=layout.GRADIENTS)
-    return GradientStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report)
+    return GradientStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report, keep_state=keep_state)

@@ -96,7 +96,6 @@ class InitStudy:
     def __init__(self, config: ReproduceConfig, out_dir: str | Path, *, progress: bool = True) -> None:
         self.cfg = config.resolve()
         self.writer = RunWriter(out_dir, layout.REPRODUCE)
-        self.out = self.writer.path
         self.dist = dist.setup(self.cfg.device)
         self.device = study_device(self.cfg.device, self.dist)
         self.progress = progress and self.dist.is_main
@@ -144,7 +143,7 @@ class InitStudy:
         return RunSet(models).to(self.device)
 
     # ------------------------------------------------------------------ the run
-    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True) -> Path:
+    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True, keep_state: bool = False) -> Path:
         """Trains, measures and writes the run directory; returns it."""
         error = None
         if self.dist.is_main:
@@ -153,31 +152,48 @@ class InitStudy:
                 self.started = (old or {}).get("started") or self.started
             except NndistError as exc:
                 error = str(exc)
-        dist.raise_on_every_rank(error, self.dist)
-        self.started = dist.broadcast_from_main(self.started, self.dist)
-        has_state = dist.broadcast_from_main(bool(resume and self.writer.state_path.is_file()), self.dist)
-        if has_state:
-            self._load_state()
-        else:
-            self._start()
-        self._train()
-        self._measure(layout.AFTER)
-        self._save_checkpoints(layout.AFTER)
-        for key in self.my_keys:
-            if self.status[key.name]["status"] == "running":
-                self.status[key.name]["status"] = "done"
-        collected = self._collect()
-        if collected is not None:
-            self._write_tables(*collected[:2])
-            if report:
-                t0 = time.perf_counter()
-                draw_figures(self.out)
-                self.timings["figures"] = time.perf_counter() - t0
+        try:
+            dist.raise_on_every_rank(error, self.dist)
+            self.started = dist.broadcast_from_main(self.started, self.dist)
+            has_state = dist.broadcast_from_main(bool(resume and self.writer.state_path.is_file()), self.dist)
+            if has_state:
+                self._load_state()
+            else:
+                self._start()
+            self._train()
+            self._measure(layout.AFTER)
+            self._save_checkpoints(layout.AFTER)
+            for key in self.my_keys:
+                if self.status[key.name]["status"] == "running":
+                    self.status[key.name]["status"] = "done"
+            collected = self._collect()
+            if collected is not None:
+                self._write_tables(*collected[:2])
                 self.writer.write_manifest(self._manifest(finished=True))
-                finish_run_directory(self.out)
-            self.writer.write_manifest(self._manifest(finished=True))
-        dist.barrier(self.dist)
+                self.writer.commit()
+                if report:
+                    self._report()
+                if not keep_state:
+                    self.writer.remove_state()
+            dist.barrier(self.dist)
+        finally:
+            self.writer.release()
         return self.out
+
+    @property
+    def out(self) -> Path:
+        """The run directory (until an ``--overwrite`` run finishes, the staging folder it writes to)."""
+        return self.writer.path
+
+    def _report(self) -> None:
+        """Figures, TensorBoard events, claims and the HTML report of the finished run."""
+        t0 = time.perf_counter()
+        draw_figures(self.out)
+        self.timings["figures"] = time.perf_counter() - t0
+        self.writer.write_manifest(self._manifest(finished=True))
+        finish_run_directory(self.out)
+        self.timings["report"] = time.perf_counter() - t0
+        self.writer.write_manifest(self._manifest(finished=True))
 
     def _start(self) -> None:
         """Before training: the manifest, the 'before' distributions, checkpoints, epoch-0 accuracy."""
@@ -405,6 +421,7 @@ def run_reproduce(
     resume: bool = False,
     progress: bool = True,
     report: bool = True,
+    keep_state: bool = False,
 ) -> Path:
     """Runs the initialisation study and writes its run directory.
 
@@ -416,6 +433,7 @@ def run_reproduce(
         resume: continue an interrupted run in ``out_dir`` with the same options.
         progress: show progress bars.
         report: also draw the figures and write TensorBoard events, claims and the HTML report.
+        keep_state: keep the resume state (``state/``) of the completed run (default: delete it).
 
     Returns:
         The run directory.
@@ -424,4 +442,4 @@ def run_reproduce(
         NndistError: on a bad option, data source, model or output directory.
     """
     config = study_config(ReproduceConfig, config, out_dir, resume=resume, kind=layout.REPRODUCE)
-    return InitStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report)
+    return InitStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report, keep_state=keep_state)
