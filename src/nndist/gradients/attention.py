@@ -9,7 +9,8 @@ layer on tokens (:mod:`.linear`): with ``g = dL/dv`` at the projection's output 
 Getting ``G`` at the projections: a forward hook on the attention module recomputes its output
 from the hooked inputs with the four projections written as ``F.linear`` calls (batch first),
 places the tracking hooks on their outputs, and returns this output in place of the module's
-(the same values: the attention below is ``F.multi_head_attention_forward``'s own arithmetic).
+(the same values up to rounding: the attention below is ``F.multi_head_attention_forward``'s own
+arithmetic; in float64 they agree to 1e-12).
 The backward pass then runs through the explicit graph and delivers ``dL/dq``, ``dL/dk``, ``dL/dv``
 and ``dL/d out_proj``, exactly as for a model written with four ``nn.Linear`` layers. The cost is
 one extra forward of the attention block. Supported: ``batch_first`` either way, packed or

@@ -591,12 +591,13 @@ _MODE_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutN
 
 
 def _random_in_train_mode(model: nn.Module) -> list[str]:
-    """Modules that are random in train mode: dropout, and torchvision's StochasticDepth, with p > 0."""
+    """Modules that are random in train mode: dropout, torchvision's StochasticDepth, attention dropout."""
     return [
         n or ROOT
         for n, m in model.named_modules()
         if (isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ == "StochasticDepth")
         and float(getattr(m, "p", 0.0)) > 0
+        or isinstance(m, nn.MultiheadAttention) and m.dropout > 0
     ]
 
 
