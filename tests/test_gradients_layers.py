@@ -84,6 +84,18 @@ def test_conv_layers_against_literal(case: tuple, definition: str) -> None:
         assert rel_err(res.emission.sum(1), res.absorption.sum(1)) <= TOL
 
 
+def test_conv_kernel_orders_agree() -> None:
+    """A batch of one applies Gamma to W; a large batch folds W into the mix first: same numbers."""
+    torch.manual_seed(15)
+    W = torch.randn(6, 5, 3, 3, dtype=torch.float64)
+    G = torch.randn(64, 6, 7, 6, dtype=torch.float64)
+    kw = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+    batched = ndg.conv_local_gradient_sq_norms(W, G, (7, 6), **kw)  # (C_out, 64, C_in)
+    for b in (0, 37):
+        alone = ndg.conv_local_gradient_sq_norms(W, G[b : b + 1], (7, 6), **kw)
+        assert rel_err(alone[:, 0], batched[:, b]) <= 1e-12
+
+
 def test_conv_transpose_with_output_size() -> None:
     """``forward(x, output_size=...)`` picks the output padding at call time; it is read off the shapes."""
     torch.manual_seed(1)

@@ -386,7 +386,9 @@ def _select(cov: _Coverage, layers: Iterable[str] | str | None) -> dict[str, _Se
         return dict(cov.handled)
     wanted = [layers] if isinstance(layers, str) else list(layers)
     wanted = [ROOT if w == "" else w for w in wanted]
-    part_of = {n: (sel, p) for sel in cov.handled.values() if sel.entry.composite for p, n in zip(sel.parts, sel.output_names())}
+    part_of = {  # composite parts by result name
+        n: (sel, p) for sel in cov.handled.values() if sel.entry.composite for p, n in zip(sel.parts, sel.output_names())
+    }
     parts: dict[str, set[str]] = {}
     for name in wanted:
         if name in cov.handled:
@@ -400,7 +402,7 @@ def _select(cov: _Coverage, layers: Iterable[str] | str | None) -> dict[str, _Se
                 "register one with nndist.gradients.register_handler"
             )
         else:
-            valid = [n for sel in cov.handled.values() for n in ([sel.name] if not sel.entry.composite else [sel.name, *sel.output_names()])]
+            valid = [n for sel in cov.handled.values() for n in dict.fromkeys([sel.name, *sel.output_names()])]
             raise NndistError(f"unknown layer {name!r}; valid names: {', '.join(valid) or '(none)'}")
     chosen: dict[str, _Selected] = {}
     for name, sel in cov.handled.items():  # keep named_modules() order
@@ -717,7 +719,9 @@ def emission_absorption(
 
     def finish(results: dict[str, LayerGradients], called: set[str]) -> GradientResults:
         names = [n for sel in chosen.values() for n in sel.output_names()]
-        not_called = {n: _base_type(sel.module).__name__ for sel in chosen.values() for n in sel.output_names() if n not in called}
+        not_called = {
+            n: _base_type(sel.module).__name__ for sel in chosen.values() for n in sel.output_names() if n not in called
+        }
         return GradientResults(
             {n: results[n] for n in names if n in results},
             unsupported=cov.unsupported,
