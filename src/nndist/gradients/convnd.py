@@ -225,7 +225,8 @@ def _take(g: Tensor, axes: tuple[int, ...], rest: tuple[int, ...], idx: Tensor) 
     if not rest:
         return g.reshape(g.shape[0], g.shape[1], -1).index_select(2, idx)
     if len(axes) == 1:
-        return g.index_select(2 + axes[0], idx).movedim(2 + axes[0], 2)
+        x = g.index_select(2 + axes[0], idx)
+        return x if axes[0] == 0 else x.movedim(2 + axes[0], 2)
     moved = g.movedim(tuple(2 + a for a in axes), tuple(range(2, 2 + len(axes))))
     return moved.reshape(g.shape[0], g.shape[1], -1, *(g.shape[2 + a] for a in rest)).index_select(2, idx)
 
