@@ -48,4 +48,5 @@ def test_emission_absorption_signature():
         ("targets", "POSITIONAL_OR_KEYWORD", None),
         ("loss", "KEYWORD_ONLY", "cross_entropy"),
         ("layers", "KEYWORD_ONLY", None),
+        ("definition", "KEYWORD_ONLY", "paper"),
     ]
