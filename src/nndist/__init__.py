@@ -23,7 +23,7 @@ from ._version import __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "GradientsConfig": "nndist.studies.gradient_study",
+    "GradientsConfig": "nndist.studies.gradient_config",
     "NndistError": "nndist.errors",
     "ReproduceConfig": "nndist.studies.init_config",
     "Summary": "nndist.stats.summary",
@@ -75,6 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .stats.distances import ks_distance, wasserstein
     from .stats.summary import Summary, summarize
     from .stats.weightstats import weight_table
-    from .studies.gradient_study import GradientsConfig, run_gradients
+    from .studies.gradient_config import GradientsConfig
+    from .studies.gradient_study import run_gradients
     from .studies.init_config import ReproduceConfig
     from .studies.init_study import run_reproduce

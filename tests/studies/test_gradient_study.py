@@ -15,7 +15,8 @@ import torch
 
 from nndist.cli import main
 from nndist.data import load_split
-from nndist.studies.gradient_study import GradientsConfig, GradientStudy, run_gradients
+from nndist.studies.gradient_config import GradientsConfig
+from nndist.studies.gradient_study import GradientStudy, run_gradients
 from nndist.probes.gradients import emission_absorption
 from nndist.models import create_model, save_checkpoint
 from nndist.paper import CIFAR10_MEAN, CIFAR10_STD
@@ -39,7 +40,7 @@ def config(ckpt: Path, **kw) -> GradientsConfig:
 
 
 def test_gradients_run_matches_api(tmp_path, paper_ckpt):
-    run = run_gradients(config(paper_ckpt), tmp_path / "g", progress=False)
+    run = run_gradients(config(paper_ckpt, channel_matrices="all", layer_figures="all"), tmp_path / "g", progress=False)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["kind"] == "gradients" and manifest["finished"]
     assert list(manifest["layers"]) == LAYERS

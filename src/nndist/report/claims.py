@@ -39,10 +39,10 @@ from ..paper import CONSTANT_INITS, PAPER_INITS
 from ..results import TABLES, RunDir, layout, load_run
 from ..results.layout import GRADIENTS, REPRODUCE
 
-__all__ = ["CLAIMS", "CLAIM_COLUMNS", "INITS", "evaluate_claims", "write_claims"]
+__all__ = ["CLAIMS", "CLAIM_COLUMNS", "INITS", "WEAK_IMAGES", "evaluate_claims", "run_images", "verdict_text", "write_claims"]
 
 INITS = PAPER_INITS
-CLAIM_COLUMNS = ["id", "level", "claim", "scope", "verdict", "numbers", "rule"]
+CLAIM_COLUMNS = ["id", "level", "claim", "scope", "verdict", "evidence", "numbers", "rule"]
 HOLDS, FAILS, MIXED, NOT_MEASURED = "holds", "fails", "mixed", "not measured"
 
 # Thresholds, stated in the rule column of every row that uses them.
@@ -59,6 +59,8 @@ HETERO_P = 0.01  # claim 13: p < 0.01 (Kruskal-Wallis and Brown-Forsythe)
 HETERO_CV = 0.1  # claim 13 without per-sample arrays: CV across channels > 0.1
 HETERO_MAX_ROWS = 2000  # claim 13: at most this many samples (evenly spaced) per test
 IDENTITY_RTOL = 1e-4  # claim 15: max relative difference of the totals
+WEAK_IMAGES = 1000  # a verdict measured on fewer images is marked weak
+EXACT_CLAIMS = (3, 15)  # exact properties: few images do not weaken them
 
 CLAIMS: dict[int, tuple[str, str]] = {
     1: ("Orthogonal init converges fastest (lowest final training loss), followed by Kaiming.", REPRODUCE),
@@ -633,6 +635,9 @@ def _claim15(run: RunDir) -> list[dict]:
     layers = _grad_layers(run)
     if not layers:
         return _not_measured(15, "gradients.parquet and per_sample/ not produced", rule)
+    definition = (run.manifest.get("config") or {}).get("definition", "paper")
+    if definition != "paper":
+        return _not_measured(15, f"the identity is that of eq. 19-20; this run measured definition={definition}", rule)
     g = run.table("gradients")
     c = _Claim(15, rule)
     for layer in layers:
@@ -694,7 +699,27 @@ def evaluate_claims(run_dir: str | os.PathLike[str] | RunDir) -> pd.DataFrame:
             rows += _REPRODUCE_FUNCS[cid](study)
         else:
             rows += _GRADIENT_FUNCS[cid](run)
+    images = run_images(run)
+    for row in rows:
+        weak = images is not None and images < WEAK_IMAGES and row["id"] not in EXACT_CLAIMS and row["verdict"] != NOT_MEASURED
+        row["evidence"] = f"{images} images: weak" if weak else ""
+        if row["id"] not in EXACT_CLAIMS:
+            row["rule"] += f"; a verdict from fewer than {WEAK_IMAGES} images is marked weak"
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def run_images(run: RunDir) -> int | None:
+    """How many images a run's claims rest on: the training subset, or the measured samples."""
+    m = run.manifest
+    if run.kind == REPRODUCE:
+        return len((m.get("subsets") or {}).get("train") or []) or None
+    return int(m["n_samples"]) if m.get("n_samples") is not None else None
+
+
+def verdict_text(row: dict | pd.Series) -> str:
+    """A verdict with its evidence: ``holds`` or ``holds (60 images: weak)``."""
+    evidence = row.get("evidence") if hasattr(row, "get") else None
+    return f"{row['verdict']} ({evidence})" if isinstance(evidence, str) and evidence else str(row["verdict"])
 
 
 def write_claims(run_dir: str | os.PathLike[str], claims: pd.DataFrame | None = None) -> Path:

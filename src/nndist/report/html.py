@@ -26,6 +26,7 @@ from ..io import write_text
 from ..paper import CONSTANT_INITS
 from ..results import RunDir, layout, load_run
 from .claims import evaluate_claims
+from .figures_gradients import figure_layers
 
 __all__ = ["MAX_TABLE_ROWS", "render_report", "write_report"]
 
@@ -163,14 +164,12 @@ def _before_after(df: pd.DataFrame | None, keys: list[str]) -> pd.DataFrame | No
 def _gradients_sections(run: RunDir, embed: bool) -> dict:
     g = run.table("gradients")
     layers = run.layer_order(g)
-    figures = []
-    for layer in layers[:60]:  # a very deep model: keep the page usable
+    figures = [_figure(run, layout.figure_file("overview"), "Emission and Absorption across layers", embed)]
+    for layer in figure_layers(run, layers)[:60]:  # a very deep model: keep the page usable
         figures.append(_figure(run, layout.figure_file("fig4", layer),
                                f"Figure 4: Absorption and Emission per channel, {layer}", embed))
         figures.append(_figure(run, layout.figure_file("heatmap", layer),
                                f"Channel-to-channel mean ||LG|| (c_out x c_in), {layer}", embed))
-    if not figures:
-        figures = [_figure(run, layout.figure_file("fig4", "<layer>"), "Figure 4", embed)]
 
     info = run.manifest.get("layers") or {}
     recs = []

@@ -15,7 +15,8 @@ Reproduce runs
 
 Gradients runs
     * histograms ``emission/<layer>`` and ``absorption/<layer>`` with the channel index as the
-      step, so TensorBoard's histogram view shows one distribution per channel (as Figure 4);
+      step, so TensorBoard's histogram view shows one distribution per channel, for the first
+      channels of each layer (the run's ``channels`` option, 15 by default, as Figure 4);
       from ``per_sample/<layer>.<stat>.npy`` when present, else an approximation from the
       quantiles in gradients.parquet (exact count, sum, sum of squares, min and max).
 
@@ -35,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import NndistError
+from ..paper import FIGURE4_CHANNELS
 from ..results import RunDir, layout, load_run
 
 __all__ = ["TB_SUFFIX", "write_tensorboard"]
@@ -141,11 +143,15 @@ def _write_reproduce(run: RunDir, writer, bins: int) -> None:
 def _write_gradients(run: RunDir, writer, bins: int) -> None:
     g = run.table("gradients")
     layers = run.layer_order(g)
+    # As Figure 4: the first channels of each layer (a transformer has thousands per layer).
+    channels = int((run.manifest.get("config") or {}).get("channels", FIGURE4_CHANNELS))
+    if g is not None:
+        g = g[g["channel"] < channels]
     for layer in layers:
         for stat in ("emission", "absorption"):
             arr = run.per_sample(layer, stat)  # (N, C), memory-mapped
             if arr is not None:
-                for c in range(arr.shape[1]):
+                for c in range(min(arr.shape[1], channels)):
                     x = np.asarray(arr[:, c], dtype=np.float64)
                     x = x[np.isfinite(x)]
                     if x.size == 0:

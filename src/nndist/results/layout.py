@@ -66,7 +66,7 @@ STATE_FILES: dict[str, str] = {REPRODUCE: f"{STATE_DIR}/train.pt", GRADIENTS: f"
 #: Formats of the static figures: the paper's figures in PNG and SVG, per-layer figures in PNG.
 FIGURE_FORMATS: dict[str, tuple[str, ...]] = {
     "fig1_loss": ("png", "svg"), "fig2_weights": ("png", "svg"), "fig3_features": ("png", "svg"),
-    "evolution": ("png", "svg"), "fig4": ("png",), "heatmap": ("png",),
+    "evolution": ("png", "svg"), "overview": ("png", "svg"), "fig4": ("png",), "heatmap": ("png",),
 }
 
 #: Stages of the distributions of a reproduce run; ``epoch_K`` lies between them.

@@ -216,10 +216,10 @@ class RunWriter:
         with atomic_path(self.file(rel)) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
 
-    def write_arrays(self, rel: str, arrays: Mapping[str, np.ndarray]) -> None:
-        """One ``.npz`` file of named arrays."""
+    def write_arrays(self, rel: str, arrays: Mapping[str, np.ndarray], *, compressed: bool = False) -> None:
+        """One ``.npz`` file of named arrays (deflated with ``compressed``)."""
         with atomic_path(self.file(rel)) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
 
     def write_checkpoint(self, key: str, stage: str, model: nn.Module, config: Mapping[str, Any]) -> Path:
         """A run's checkpoint at a stage, as safetensors with ``config`` in the metadata."""

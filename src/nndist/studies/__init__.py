@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .evaluate import evaluate_model
-from .gradient_study import GradientsConfig, GradientStudy, run_gradients
+from .gradient_config import GradientsConfig
+from .gradient_study import GradientStudy, run_gradients
 from .init_config import ReproduceConfig
 from .init_study import InitStudy, run_reproduce
 from .training import RunSet, evaluate_runs, run_adam

@@ -28,7 +28,7 @@ import torch
 from .. import dist
 from ..errors import NndistError
 from ..inits import INITS, init_model
-from ..models import build_model
+from ..models import get_model_spec
 from ..probes import layer_modules
 from ..progress import progress_bar
 from ..report import draw_figures, finish_run_directory
@@ -36,7 +36,7 @@ from ..results import RunWriter, layout, utc_now, versions
 from ..results.state import TableChunks, decode_chunks, from_saved, pack_summaries, unpack_summaries
 from ..stats import Summary, ks_distance, wasserstein
 from ..stats.tables import feature_summaries, histogram_rows, summary_row, weight_summaries
-from .init_config import ReproduceConfig, StudyData, load_study_data
+from .init_config import ReproduceConfig, StudyData, build_run_model, factory_name, load_study_data
 from .options import study_config, study_device
 from .training import RunSet, evaluate_runs, load_optimizer_state, run_adam
 
@@ -112,32 +112,41 @@ class InitStudy:
         self.timings: dict[str, float] = {}
         self.started = utc_now()
         self.pos = Progress()
+        self._check_names()  # before the data: a bad name never waits for a download
         self.data: StudyData = load_study_data(self.cfg, self.device, progress=self.progress)
         self.timings["load_data"] = self.data.seconds
         self.runs = self._build_runs()
         self.opt = run_adam(self.runs, self.cfg.lr, self.cfg.weight_decay) if self.runs is not None else None
 
+    def _check_names(self) -> None:
+        """Init schemes, the model and the studied layers, checked before anything is loaded."""
+        for init in self.cfg.inits:
+            INITS.get(init)  # an unknown scheme lists the valid ones
+        if isinstance(self.cfg.model, str):
+            get_model_spec(self.cfg.model)
+        layer_modules(build_run_model(self.cfg, 10), self.cfg.layers)  # an unknown layer lists the valid ones
+
     def _build_runs(self) -> RunSet | None:
-        """This rank's runs (None when it has none); checks layers, inits and input shape first."""
-        cfg = self.cfg
-        probe = build_model(cfg.model, len(self.data.classes))
-        layer_modules(probe, cfg.layers)  # an unknown layer fails here, listing the valid ones
-        for init in cfg.inits:
-            INITS.get(init)  # an unknown scheme fails before any work, listing the valid ones
+        """This rank's runs (None when it has none); checks the model against the data first."""
+        cfg, classes = self.cfg, len(self.data.classes)
+        probe = build_run_model(cfg, classes)
         try:
             with torch.no_grad():
-                probe.eval()(self.data.x_train[:1].cpu())
+                out = probe.eval()(self.data.x_train[:1].cpu())
         except NndistError as exc:
             raise NndistError(f"--data {cfg.data}: {exc}") from None
         except RuntimeError as exc:
             raise NndistError(
-                f"model {cfg.model} cannot take inputs of shape {tuple(self.data.x_train.shape[1:])} from {cfg.data}: {str(exc).splitlines()[0]}"
+                f"model {factory_name(cfg.model)} cannot take inputs of shape {tuple(self.data.x_train.shape[1:])} from {cfg.data}: {str(exc).splitlines()[0]}"
             ) from None
+        if out.shape[-1] != classes:
+            raise NndistError(f"model {factory_name(cfg.model)} gives {out.shape[-1]} outputs but {cfg.data} has {classes} classes; "
+                              "build the model for the data's classes")
         if not self.my_keys:
             return None
         models = []
         for key in self.my_keys:
-            model = build_model(cfg.model, len(self.data.classes))
+            model = build_run_model(cfg, classes)
             init_model(model, key.init, gain=cfg.gain, bias_init=_bias_init(cfg.bias_init), generator=cfg.init_seed + key.seed)
             models.append(model)
         return RunSet(models).to(self.device)
@@ -306,10 +315,11 @@ class InitStudy:
         gathered = dist.gather_to_main(mine, self.dist)
         if gathered is None:
             return
-        model = build_model(self.cfg.model, len(self.data.classes))
+        model = build_run_model(self.cfg, len(self.data.classes))
+        name = factory_name(self.cfg.model)
         for key, state in (item for part in gathered for item in part):
             model.load_state_dict(state)
-            self.writer.write_checkpoint(key.name, stage, model, {"model": self.cfg.model, "init": key.init, "seed": key.seed,
+            self.writer.write_checkpoint(key.name, stage, model, {"model": name, "init": key.init, "seed": key.seed,
                                                                   "stage": stage, "reproduce": self.cfg.to_dict()})
 
     # ------------------------------------------------------------------ persistence
@@ -404,6 +414,7 @@ class InitStudy:
                       "init": {k.name: self.cfg.init_seed + k.seed for k in self.keys}},
             "device": str(self.device),
             "classes": self.data.classes,
+            "samples": {"train": len(self.data.train_idx), "valid": len(self.data.valid_idx), "random": len(self.data.valid_idx)},
             "subsets": {"train": [int(i) for i in self.data.train_idx], "valid": [int(i) for i in self.data.valid_idx]},
             "bad_files": self.data.bad_files,
             "runs": self.status,

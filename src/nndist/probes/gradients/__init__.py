@@ -24,6 +24,7 @@ from .core import (
     Handler,
     HandlerTable,
     TrainModeNotice,
+    check_layers,
     emission_absorption,
     register_handler,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "Track",
     "TrainModeNotice",
     "author_seed",
+    "check_layers",
     "conv2d_handler",
     "conv2d_local_gradient_norms",
     "conv_handler",

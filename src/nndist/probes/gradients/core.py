@@ -413,6 +413,16 @@ def _select(cov: _Coverage, layers: Iterable[str] | str | None) -> dict[str, _Se
     return chosen
 
 
+def check_layers(model: nn.Module, layers: Iterable[str] | str | None) -> list[str]:
+    """The result names :func:`emission_absorption` would give for ``layers`` (all handled: None).
+
+    Raises:
+        NndistError: an unknown name (the message lists the valid ones) or a layer without handler.
+    """
+    chosen = _select(_coverage(model), layers)
+    return [n for sel in chosen.values() for n in sel.output_names()]
+
+
 @dataclass
 class _Call:
     name: str  # result name
