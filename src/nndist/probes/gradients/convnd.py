@@ -124,6 +124,9 @@ class _Plan:
     coef: Tensor  # (T,) 1 on the diagonal, 2 off it
     mix: Tensor  # (F, T)
     subsets: tuple[_Subset, ...]
+    # per feature: the output position held on each axis (-1: summed over the axis) and the lag
+    # delta, so that the feature is sum over o (held coordinates fixed) of G[o] G[o + delta]
+    boxes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
 
 
 @lru_cache(maxsize=256)
@@ -183,6 +186,21 @@ def _plan(
                     [li[a] for a in rest], tuple(lag_shape[a] for a in rest)
                 )
             mix[f, p] += sign
+    boxes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    lag_of = lambda a, i: i * axes[a].step - axes[a].max_lag  # noqa: E731
+    for li in itertools.product(*(range(n) for n in lag_shape)):
+        boxes.append(((-1,) * N, tuple(lag_of(a, i) for a, i in enumerate(li))))
+    for si, s in enumerate(subsets):
+        rest = [a for a in range(N) if a not in s]
+        for r, lag_s in keys[si]:  # dicts keep insertion order: the key's index
+            for li in itertools.product(*(range(lag_shape[a]) for a in rest)):
+                fixed, delta = [-1] * N, [0] * N
+                for a, ra, la in zip(s, r, lag_s):
+                    fixed[a], delta[a] = ra, la
+                for a, i in zip(rest, li):
+                    delta[a] = lag_of(a, i)
+                boxes.append((tuple(fixed), tuple(delta)))
+    assert len(boxes) == n_feat
     long = lambda xs: torch.tensor(list(xs), dtype=torch.long)  # noqa: E731
     kept = []
     for si, s in enumerate(subsets):
@@ -210,6 +228,7 @@ def _plan(
         coef=torch.tensor([p[2] for p in pairs], dtype=torch.float64),
         mix=mix,
         subsets=tuple(kept),
+        boxes=tuple(boxes),
     )
 
 
@@ -271,6 +290,7 @@ def conv_local_gradient_sq_norms(
     padding: tuple[int, ...],
     dilation: tuple[int, ...],
     groups: int = 1,
+    compiled: bool | None = None,
 ) -> Tensor:
     """``||LG^{c1->c2}||^2`` for every sample and channel pair of an ``N``-D convolution.
 
@@ -279,22 +299,48 @@ def conv_local_gradient_sq_norms(
         grad_output: ``G = dL/dV``, ``(B, C_out, *n)``, each sample's own gradient.
         input_size: ``m``, the input's spatial size.
         stride, padding, dilation: per axis, as in the layer; ``padding`` is the leading padding.
-        groups: as in the layer.
+        groups: as in the layer (read off ``weight``'s shape; kept for a common kernel signature).
+        compiled: compute the correlations by the compiled pass (:mod:`.autocorr`) or by torch
+            convolutions; None: the compiled pass where it serves ``G`` (float32/float64 on the
+            CPU). Both give the same numbers (tested in float64).
 
     Returns:
         ``(C_out, B, C_in/groups)``, clamped at zero: entry ``[c1, b, j]`` is the squared norm of the
         local gradient from output channel ``c1`` to input channel
         ``(c1 // (C_out/groups)) * C_in/groups + j``.
     """
-    B, C_out = grad_output.shape[:2]
-    kernel = tuple(weight.shape[2:])
-    plan = _plan(
-        tuple(input_size), tuple(grad_output.shape[2:]), kernel, tuple(stride), tuple(dilation), tuple(padding)
+    geometry = (
+        tuple(input_size), tuple(grad_output.shape[2:]), tuple(weight.shape[2:]), tuple(stride), tuple(dilation),
+        tuple(padding),
     )
     g = grad_output.contiguous()
+    if compiled is None:
+        compiled = compiled_available(g)
+    if compiled:
+        return _sq_norms_compiled(weight, g, geometry)
+    return _sq_norms_torch(weight, g, _plan(*geometry))
+
+
+def compiled_available(g: Tensor) -> bool:
+    """Whether the compiled pass (:mod:`.autocorr`) serves ``G``: a float32/float64 CPU tensor."""
+    if g.device.type != "cpu" or g.dtype not in (torch.float32, torch.float64):
+        return False
+    from . import autocorr
+
+    return autocorr.AVAILABLE
+
+
+def _tap_products(w: Tensor, plan: _Plan) -> Tensor:
+    """``ww[c1, j, pair] = coef * w[tap_a] * w[tap_b]``: ``(C_out, C_in/g, T)``, so that ``q = Gamma . ww``."""
+    dev = w.device
+    return w[:, :, plan.tap_a.to(dev)] * w[:, :, plan.tap_b.to(dev)] * plan.coef.to(device=dev, dtype=w.dtype)
+
+
+def _sq_norms_torch(weight: Tensor, g: Tensor, plan: _Plan) -> Tensor:
+    B, C_out = g.shape[:2]
     dev, dt = g.device, g.dtype
     feats = _features(g, plan).permute(1, 0, 2)  # (C_out, B, F)
-    P = math.prod(kernel)
+    P = math.prod(weight.shape[2:])
     w = weight.reshape(C_out, -1, P).to(dt)  # (C_out, C_in/g, P)
     n_feat, T, cin_g = plan.mix.shape[0], plan.mix.shape[1], w.shape[1]
     if B * (n_feat * T + P * P * cin_g) < n_feat * T * cin_g + B * n_feat * cin_g:
@@ -307,12 +353,62 @@ def conv_local_gradient_sq_norms(
         full[:, :, tb, ta] = gamma
         wt = w.transpose(1, 2).unsqueeze(1)  # (C_out, 1, P, C_in/g)
         return (torch.matmul(full, wt) * wt).sum(2).clamp_min_(0)  # (C_out, B, C_in/g)
-    coef = plan.coef.to(device=dev, dtype=dt)
-    ww = w[:, :, plan.tap_a.to(dev)] * w[:, :, plan.tap_b.to(dev)] * coef  # (C_out, C_in/g, T)
+    ww = _tap_products(w, plan)  # (C_out, C_in/g, T)
     # q = Gamma . ww with Gamma = feats @ mix, folded: feats @ (mix @ ww^T)
     mixed = torch.matmul(plan.mix.to(device=dev, dtype=dt), ww.transpose(1, 2))  # (C_out, F, C_in/g)
     q = torch.bmm(feats, mixed)  # (C_out, B, C_in/g)
     return q.clamp_min_(0)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A plan's program for the compiled pass: only the features ``mix`` uses."""
+
+    plan: _Plan
+    program: object  # autocorr.Boxes
+    mix: Tensor  # (F_used, T) float64: the rows of plan.mix that are used
+    features: object  # autocorr.Combine: the identity (the pass returns the features)
+    gamma: object  # autocorr.Combine: mix (the pass returns Gamma's upper triangle)
+
+    def folds_weights(self, batch: int) -> bool:
+        """Whether ``B x F_used`` features times the mixed weights (``F_used x T x C_in/g`` to mix,
+        per output channel) cost less than ``B x T`` Gamma entries times the tap products."""
+        n_used, T = self.mix.shape
+        return batch * (T - n_used) > n_used * T
+
+
+@lru_cache(maxsize=256)
+def _compiled(*geometry: tuple[int, ...]) -> _Compiled:
+    from . import autocorr
+
+    plan = _plan(*geometry)
+    used = (plan.mix != 0).any(1).nonzero()[:, 0]
+    program = autocorr.box_program(
+        geometry[1], tuple(ax.max_lag for ax in plan.axes), [plan.boxes[i] for i in used.tolist()]
+    )
+    mix = plan.mix[used]
+    eye = torch.eye(len(used), dtype=torch.float64)
+    return _Compiled(plan, program, mix, autocorr.Combine.of(eye), autocorr.Combine.of(mix))
+
+
+def _sq_norms_compiled(weight: Tensor, g: Tensor, geometry: tuple[tuple[int, ...], ...]) -> Tensor:
+    from . import autocorr
+
+    cp = _compiled(*geometry)
+    B, C_out = g.shape[:2]
+    P = math.prod(weight.shape[2:])
+    w = weight.reshape(C_out, -1, P).to(g.dtype)  # (C_out, C_in/g, P)
+    ww = _tap_products(w, cp.plan)  # (C_out, C_in/g, T)
+    if cp.folds_weights(B):
+        # Many samples: the pass returns the used features, and the weights are folded into the
+        # mix once per call (C_out x F_used x C_in/g), so the product per sample is F_used long.
+        feats = autocorr.correlate(g, cp.program, cp.features)  # (C_out, B, F_used)
+        mixed = torch.matmul(cp.mix.to(g.dtype), ww.transpose(1, 2))  # (C_out, F_used, C_in/g)
+        q = torch.bmm(feats, mixed)
+    else:  # few samples: the pass applies the mix itself and returns Gamma
+        gamma = autocorr.correlate(g, cp.program, cp.gamma)  # (C_out, B, T)
+        q = torch.bmm(gamma, ww.transpose(1, 2))
+    return q.clamp_min_(0)  # (C_out, B, C_in/g)
 
 
 def leading_padding(module: nn.Module) -> tuple[int, ...]:
