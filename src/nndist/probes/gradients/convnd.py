@@ -300,7 +300,7 @@ def conv_local_gradient_sq_norms(
         input_size: ``m``, the input's spatial size.
         stride, padding, dilation: per axis, as in the layer; ``padding`` is the leading padding.
         groups: as in the layer (read off ``weight``'s shape; kept for a common kernel signature).
-        compiled: compute the correlations by the compiled pass (:mod:`.autocorr`) or by torch
+        compiled: compute the correlations by the compiled pass (:mod:`.compiled`) or by torch
             convolutions; None: the compiled pass where it serves ``G`` (float32/float64 on the
             CPU). Both give the same numbers (tested in float64).
 
@@ -322,12 +322,12 @@ def conv_local_gradient_sq_norms(
 
 
 def compiled_available(g: Tensor) -> bool:
-    """Whether the compiled pass (:mod:`.autocorr`) serves ``G``: a float32/float64 CPU tensor."""
+    """Whether the compiled pass (:mod:`.compiled`) serves ``G``: a float32/float64 CPU tensor."""
     if g.device.type != "cpu" or g.dtype not in (torch.float32, torch.float64):
         return False
-    from . import autocorr
+    from . import compiled as cc
 
-    return autocorr.AVAILABLE
+    return cc.AVAILABLE
 
 
 def _tap_products(w: Tensor, plan: _Plan) -> Tensor:
@@ -362,13 +362,20 @@ def _sq_norms_torch(weight: Tensor, g: Tensor, plan: _Plan) -> Tensor:
 
 @dataclass(frozen=True)
 class _Compiled:
-    """A plan's program for the compiled pass: only the features ``mix`` uses."""
+    """A plan's programs for the compiled passes: only the features ``mix`` uses.
+
+    Two routes to ``q = Gamma . ww``: the pass returns the used features and the weights are folded
+    into the mix (``mixed[c1, f, j] = sum_t mix[f, t] ww[c1, j, t]``), or the pass applies the mix
+    and returns ``Gamma``, met by the tap products ``ww`` themselves.
+    """
 
     plan: _Plan
-    program: object  # autocorr.Boxes
+    program: object  # compiled.Boxes
     mix: Tensor  # (F_used, T) float64: the rows of plan.mix that are used
-    features: object  # autocorr.Combine: the identity (the pass returns the features)
-    gamma: object  # autocorr.Combine: mix (the pass returns Gamma's upper triangle)
+    features: object  # compiled.Combine: the identity (the pass returns the features)
+    gamma: object  # compiled.Combine: mix (the pass returns Gamma's upper triangle)
+    mixed_taps: object  # compiled.TapForms: rows of mix (the weights folded into the mix)
+    taps: object  # compiled.TapForms: the identity (ww)
 
     def folds_weights(self, batch: int) -> bool:
         """Whether ``B x F_used`` features times the mixed weights (``F_used x T x C_in/g`` to mix,
@@ -379,36 +386,37 @@ class _Compiled:
 
 @lru_cache(maxsize=256)
 def _compiled(*geometry: tuple[int, ...]) -> _Compiled:
-    from . import autocorr
+    from . import compiled as cc
 
     plan = _plan(*geometry)
     used = (plan.mix != 0).any(1).nonzero()[:, 0]
-    program = autocorr.box_program(
+    program = cc.box_program(
         geometry[1], tuple(ax.max_lag for ax in plan.axes), [plan.boxes[i] for i in used.tolist()]
     )
     mix = plan.mix[used]
-    eye = torch.eye(len(used), dtype=torch.float64)
-    return _Compiled(plan, program, mix, autocorr.Combine.of(eye), autocorr.Combine.of(mix))
+    T = mix.shape[1]
+    taps = (plan.tap_a, plan.tap_b, plan.coef)
+    return _Compiled(
+        plan, program, mix, cc.Combine.of(torch.eye(len(used), dtype=torch.float64)), cc.Combine.of(mix),
+        cc.TapForms.of(mix, *taps), cc.TapForms.of(torch.eye(T, dtype=torch.float64), *taps),
+    )
 
 
 def _sq_norms_compiled(weight: Tensor, g: Tensor, geometry: tuple[tuple[int, ...], ...]) -> Tensor:
-    from . import autocorr
+    from . import compiled as cc
 
     cp = _compiled(*geometry)
     B, C_out = g.shape[:2]
-    P = math.prod(weight.shape[2:])
-    w = weight.reshape(C_out, -1, P).to(g.dtype)  # (C_out, C_in/g, P)
-    ww = _tap_products(w, cp.plan)  # (C_out, C_in/g, T)
+    w = weight.reshape(C_out, -1, math.prod(weight.shape[2:])).to(g.dtype)  # (C_out, C_in/g, P)
     if cp.folds_weights(B):
         # Many samples: the pass returns the used features, and the weights are folded into the
         # mix once per call (C_out x F_used x C_in/g), so the product per sample is F_used long.
-        feats = autocorr.correlate(g, cp.program, cp.features)  # (C_out, B, F_used)
-        mixed = torch.matmul(cp.mix.to(g.dtype), ww.transpose(1, 2))  # (C_out, F_used, C_in/g)
-        q = torch.bmm(feats, mixed)
+        feats = cc.correlate(g, cp.program, cp.features)  # (C_out, B, F_used)
+        mixed = cc.fold_taps(w, cp.mixed_taps)  # (C_out, F_used, C_in/g)
     else:  # few samples: the pass applies the mix itself and returns Gamma
-        gamma = autocorr.correlate(g, cp.program, cp.gamma)  # (C_out, B, T)
-        q = torch.bmm(gamma, ww.transpose(1, 2))
-    return q.clamp_min_(0)  # (C_out, B, C_in/g)
+        feats = cc.correlate(g, cp.program, cp.gamma)  # (C_out, B, T)
+        mixed = cc.fold_taps(w, cp.taps)  # (C_out, T, C_in/g)
+    return torch.bmm(feats, mixed).clamp_min_(0)  # (C_out, B, C_in/g)
 
 
 def leading_padding(module: nn.Module) -> tuple[int, ...]:

@@ -46,6 +46,14 @@ def channel_norms(grad_output: Tensor) -> Tensor:
     return grad_output.reshape(grad_output.shape[0], grad_output.shape[1], -1).pow(2).sum(2).sqrt()
 
 
+def _compiled_serves(t: Tensor) -> bool:
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous():
+        return False
+    from .compiled import AVAILABLE
+
+    return AVAILABLE
+
+
 def pair_result(sq_norms: Tensor, groups: int, definition: str, grad_output: Tensor) -> LayerGradients:
     """Either definition's statistics from ``q = ||LG||^2``, ``(C_out, B, C_in/groups)``.
 
@@ -55,10 +63,14 @@ def pair_result(sq_norms: Tensor, groups: int, definition: str, grad_output: Ten
         definition: ``"paper"`` or ``"author_code"``.
         grad_output: ``G`` ``(B, C_out, *spatial)``, for the code's absorption ``||G[c1]||``.
     """
-    if definition == "paper":
-        return grouped_result(sq_norms.sqrt_(), groups)
-    emission = sq_norms.sum(2).sqrt().T  # (B, C_out)
-    norms = sq_norms.sqrt_()
-    C_out, _, cin_g = norms.shape
-    norm_sum = block_diagonal(norms.sum(1).reshape(groups, C_out // groups, cin_g))
-    return LayerGradients(emission.contiguous(), channel_norms(grad_output).to(norms.dtype), norm_sum)
+    code_emission = sq_norms.sum(2).sqrt().T.contiguous() if definition == "author_code" else None  # (B, C_out)
+    if _compiled_serves(sq_norms):  # one pass: square roots and the three sums
+        from .compiled import paper_statistics
+
+        emission, absorption, norm_sum = paper_statistics(sq_norms, groups)
+    else:
+        res = grouped_result(sq_norms.sqrt_(), groups)
+        emission, absorption, norm_sum = res.emission, res.absorption, res.norm_sum
+    if code_emission is None:
+        return LayerGradients(emission, absorption, norm_sum)
+    return LayerGradients(code_emission, channel_norms(grad_output).to(sq_norms.dtype), norm_sum)

@@ -46,7 +46,7 @@ try:  # pragma: no cover - exercised by the import itself
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     numba = None
 
-__all__ = ["AVAILABLE", "LANES", "Boxes", "Combine", "box_program", "correlate"]
+__all__ = ["AVAILABLE", "LANES", "Boxes", "Combine", "TapForms", "box_program", "correlate", "fold_taps", "paper_statistics"]
 
 AVAILABLE = numba is not None
 
@@ -251,3 +251,102 @@ def correlate(g: Tensor, program: Boxes, combine: Combine, out: Tensor | None = 
         combine.indptr, combine.index, combine.values[dt], dt.type(0), chunks, out.numpy(),
     )
     return out
+
+
+@dataclass(frozen=True)
+class TapForms:
+    """Rows of weighted tap products, compressed by row: row ``r`` of ``fold_taps`` is
+    ``sum_e values[e] * w[tap_a[e]] * w[tap_b[e]]`` over ``e`` in ``indptr[r] : indptr[r + 1]``."""
+
+    indptr: np.ndarray  # (R + 1,) uint64
+    tap_a: np.ndarray  # (nnz,) uint64
+    tap_b: np.ndarray  # (nnz,) uint64
+    values: dict[np.dtype, np.ndarray]  # per working dtype, (nnz,)
+
+    @property
+    def size(self) -> int:
+        return self.indptr.size - 1
+
+    @classmethod
+    def of(cls, matrix: Tensor, tap_a: Tensor, tap_b: Tensor, coef: Tensor) -> TapForms:
+        """Rows of ``matrix @ diag(coef)`` (``(R, T)``) over the pairs ``(tap_a[t], tap_b[t])``."""
+        m = (matrix.to(torch.float64) * coef.to(torch.float64)).numpy()
+        rows, cols = np.nonzero(m)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m.shape[0]))]).astype(np.uint64)
+        vals = m[rows, cols]
+        return cls(
+            indptr, tap_a.numpy()[cols].astype(np.uint64), tap_b.numpy()[cols].astype(np.uint64),
+            {np.dtype(np.float64): vals, np.dtype(np.float32): vals.astype(np.float32)},
+        )
+
+
+if AVAILABLE:
+
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _fold(w, indptr, tap_a, tap_b, values, zero, out):  # pragma: no cover - compiled
+        # w: (C_out, J, P) weights; out: (C_out, R, J), out[c, r, j] = sum_e v_e w[c, j, a_e] w[c, j, b_e]
+        C, J, P = w.shape
+        R = numba.uint64(indptr.size - 1)
+        one = numba.uint64(1)
+        wt = np.empty((P, J), dtype=w.dtype)  # one output channel's weights, taps first
+        for c in range(numba.uint64(C)):
+            for j in range(numba.uint64(J)):
+                for t in range(numba.uint64(P)):
+                    wt[t, j] = w[c, j, t]
+            for r in range(R):
+                for j in range(numba.uint64(J)):
+                    out[c, r, j] = zero
+                for e in range(indptr[r], indptr[r + one]):
+                    v = values[e]
+                    a = tap_a[e]
+                    b = tap_b[e]
+                    for j in range(numba.uint64(J)):
+                        out[c, r, j] += v * wt[a, j] * wt[b, j]
+
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _paper(q, cout_g, zero, emission, absorption, norm_sum):  # pragma: no cover - compiled
+        # q: (C_out, B, J) squared norms, replaced by their square roots; emission (B, C_out),
+        # absorption (B, C_in) and norm_sum (C_out, C_in) start at zero
+        C, B, J = q.shape
+        for c in range(numba.uint64(C)):
+            first = (c // numba.uint64(cout_g)) * numba.uint64(J)  # the group's first input channel
+            for b in range(numba.uint64(B)):
+                s = zero
+                for j in range(numba.uint64(J)):
+                    x = q[c, b, j]
+                    if x < zero:  # rounding of a vanishing form (NaN passes through)
+                        x = zero
+                    x = np.sqrt(x)
+                    q[c, b, j] = x
+                    s += x
+                    absorption[b, first + j] += x
+                    norm_sum[c, first + j] += x
+                emission[b, c] = s
+
+
+def fold_taps(weight: Tensor, forms: TapForms) -> Tensor:
+    """``out[c1, r, j] = sum_e values[e] W[c1, j, tap_a[e]] W[c1, j, tap_b[e]]``: ``(C_out, R, C_in/g)``.
+
+    Args:
+        weight: ``(C_out, C_in/g, P)`` (taps flattened), float32 or float64, on the CPU.
+        forms: the rows (:class:`TapForms`).
+    """
+    w = weight.detach().contiguous()
+    dt = w.numpy().dtype
+    out = torch.empty(w.shape[0], forms.size, w.shape[1], dtype=w.dtype)
+    _fold(w.numpy(), forms.indptr, forms.tap_a, forms.tap_b, forms.values[dt], dt.type(0), out.numpy())
+    return out
+
+
+def paper_statistics(sq_norms: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Emission ``(B, C_out)``, absorption ``(B, C_in)`` and the batch sum ``(C_out, C_in)`` of the norms,
+    in one pass over ``q = ||LG||^2`` ``(C_out, B, C_in/groups)`` (CPU, contiguous), whose entries
+    are replaced by the norms (negative rounding clamped at zero)."""
+    C_out, B, cin_g = sq_norms.shape
+    q = sq_norms.numpy()
+    dt = q.dtype
+    emission = torch.empty(B, C_out, dtype=sq_norms.dtype)
+    absorption = torch.zeros(B, groups * cin_g, dtype=sq_norms.dtype)
+    norm_sum = torch.zeros(C_out, groups * cin_g, dtype=sq_norms.dtype)
+    _paper(q, C_out // groups, dt.type(0), emission.numpy(), absorption.numpy(), norm_sum.numpy())
+    return emission, absorption, norm_sum
