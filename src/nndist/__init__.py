@@ -7,6 +7,7 @@ The public API (pinned by ``tests/test_public_api.py``):
   mergeable distribution summaries; :func:`weight_table`: the summary of every parameter.
 - :func:`run_reproduce` / :class:`ReproduceConfig`: the paper's initialisation study.
 - :func:`run_gradients` / :class:`GradientsConfig`: channel-wise gradients over a dataset.
+- :class:`Monitor`: weights, gradients and features of the user's own training loop, step by step.
 - Registries: :func:`create_model`, :func:`list_models`, :func:`register_model`,
   :func:`init_model`, :func:`list_inits`, :func:`load_split`, :func:`register_handler`.
 
@@ -24,6 +25,7 @@ from ._version import __version__
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "GradientsConfig": "nndist.studies.gradient_study",
+    "Monitor": "nndist.studies.monitor",
     "NndistError": "nndist.errors",
     "ReproduceConfig": "nndist.studies.init_config",
     "Summary": "nndist.stats.summary",
@@ -78,3 +80,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .studies.gradient_study import GradientsConfig, run_gradients
     from .studies.init_config import ReproduceConfig
     from .studies.init_study import run_reproduce
+    from .studies.monitor import Monitor

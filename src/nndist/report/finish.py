@@ -12,6 +12,7 @@ from .claims import evaluate_claims, write_claims
 from .figures import write_figures
 from .figures_gradients import write_gradient_figures
 from .html import write_report
+from .monitor_figures import write_monitor_figures
 from .tensorboard import write_tensorboard
 
 __all__ = ["FIGURES", "draw_figures", "finish_run_directory", "report_run"]
@@ -20,6 +21,7 @@ __all__ = ["FIGURES", "draw_figures", "finish_run_directory", "report_run"]
 FIGURES: dict[str, Callable[[RunDir], list[Path]]] = {
     layout.REPRODUCE: write_figures,
     layout.GRADIENTS: write_gradient_figures,
+    layout.MONITOR: write_monitor_figures,
 }
 
 

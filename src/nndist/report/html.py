@@ -198,10 +198,17 @@ def _gradients_sections(run: RunDir, embed: bool) -> dict:
     return {"figures": figures, "runs": None, "tables": tables, "layers": layers}
 
 
+def _monitor_sections(run: RunDir, embed: bool) -> dict:
+    from .monitor_sections import monitor_sections  # it builds on this module's helpers
+
+    return monitor_sections(run, embed)
+
+
 #: The sections of each kind of run's report: ``fn(run, embed_figures) -> {"figures", "runs", "tables", "layers"}``.
 SECTIONS: dict[str, Callable[[RunDir, bool], dict]] = {
     layout.REPRODUCE: _reproduce_sections,
     layout.GRADIENTS: _gradients_sections,
+    layout.MONITOR: _monitor_sections,
 }
 
 

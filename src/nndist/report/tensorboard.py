@@ -169,8 +169,14 @@ def _write_gradients(run: RunDir, writer, bins: int) -> None:
                              n=rec.n, total=total, sumsq=sumsq, vmin=qs[0], vmax=qs[-1])
 
 
+def _write_monitor(run: RunDir, writer, bins: int) -> None:
+    from .monitor_events import write_monitor_events  # it builds on this module's helpers
+
+    write_monitor_events(run, writer, bins)
+
+
 #: What each kind of run writes as TensorBoard events: ``fn(run, writer, bins)``.
-WRITERS = {layout.REPRODUCE: _write_reproduce, layout.GRADIENTS: _write_gradients}
+WRITERS = {layout.REPRODUCE: _write_reproduce, layout.GRADIENTS: _write_gradients, layout.MONITOR: _write_monitor}
 
 
 def write_tensorboard(run_dir: str | os.PathLike[str], *, bins: int = 64) -> Path:

@@ -154,7 +154,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunDir:
 
 
 def _read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame | None:
-    if not path.is_file():
+    """A table from its file, or from its folder of part files while a monitor runs (None if neither)."""
+    if path.is_dir():
+        if not any(layout.parse_part_step(p.name) is not None for p in path.iterdir()):
+            return None
+    elif not path.is_file():
         return None
     try:
         df = pd.read_parquet(path)
