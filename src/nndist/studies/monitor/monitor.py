@@ -145,6 +145,8 @@ class Monitor:
         self._probe = Probe(self.model, self.layers, probe) if gradients_every is not None else None
         self._channel_dims = {layer.name: channel_dim(layer.module) for layer in self.layers}
         self._name_of = {id(layer.module): layer.name for layer in self.layers}
+        # torch.compile must not trace the hook: it runs eagerly, on the real outputs
+        self._hook_fn = torch.compiler.disable(self._hook)
         self._batch = StepSummaries()
         self._space = KeySpace()
         self._run: MonitorRun | None = None
@@ -194,7 +196,7 @@ class Monitor:
 
     def _arm_if_logging(self, step: int) -> None:
         if "features" in self.watch and step % self.every == 0 and not self._armed:
-            self._hooks.enter_context(forward_hooks([layer.module for layer in self.layers], self._hook))
+            self._hooks.enter_context(forward_hooks([layer.module for layer in self.layers], self._hook_fn))
             self._armed = True
 
     def _disarm(self) -> None:
