@@ -144,3 +144,17 @@ def hooks_on(model: nn.Module) -> int:
 def listing(path: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``path`` with its size and mtime (to show nothing was touched)."""
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+class Plain(nn.Module):
+    """No batch statistics (each rank's BatchNorm would see only its own samples)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.fc(torch.relu(self.conv(x)).flatten(1))))

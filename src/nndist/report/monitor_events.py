@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 from ..results import RunDir
 from .tensorboard import _add_raw, _moments, _raw_from_bins
@@ -23,12 +24,15 @@ __all__ = ["write_monitor_events"]
 
 
 def _tag(table: str, layer: str, param: object) -> str:
-    return f"{table}/{layer}" if param is None or (isinstance(param, float) and math.isnan(param)) else f"{table}/{layer}/{param}"
+    return f"{table}/{layer}" if param is None or pd.isna(param) else f"{table}/{layer}/{param}"
 
 
 def write_monitor_events(run: RunDir, writer, bins: int) -> None:  # noqa: ARG001 - bins: the stored edges are used
     hist = run.table("histograms")
-    groups = {} if hist is None or hist.empty else dict(list(hist.groupby(["table", "layer", "param", "step"], sort=False, dropna=False)))
+    groups = {}
+    if hist is not None and not hist.empty:
+        for (table, layer, param, step), g in hist.groupby(["table", "layer", "param", "step"], sort=False, dropna=False):
+            groups[(table, layer, None if pd.isna(param) else param, int(step))] = g
     for table in ("weights", "grads", "features"):
         df = run.table(table)
         if df is None or df.empty:
@@ -42,7 +46,7 @@ def write_monitor_events(run: RunDir, writer, bins: int) -> None:  # noqa: ARG00
                 writer.add_scalar(f"{tag}/std", float(rec.std), step)
                 if table == "grads":
                     writer.add_scalar(f"{tag}/norm", math.sqrt(rec.n * (rec.std**2 + rec.mean**2)), step)
-            g = groups.get((table, rec.layer, param, rec.step))
+            g = groups.get((table, rec.layer, None if pd.isna(param) else param, step))
             if g is None or not rec.n:
                 continue
             limits, counts = _raw_from_bins(g["left"].to_numpy(float), g["right"].to_numpy(float), g["count"].to_numpy(float))
