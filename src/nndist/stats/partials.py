@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
+from .moments import central_sums
 from .sketch import key_of, mantissa_bits
-from .summary import STATE_ARRAYS, STATE_FORMAT, STATE_VERSION, Summary
+from .summary import STATE_ARRAYS, Summary
 
 __all__ = ["FIELDS", "KeySpace", "channel_summary", "collapse", "embed_channels", "whole_summary"]
 
@@ -114,13 +113,35 @@ def _central(f: np.ndarray) -> tuple[np.ndarray, ...]:
             np.where(has, m3, 0.0), np.where(has, np.maximum(m4, 0.0), 0.0))
 
 
+_BLANKS: dict[tuple[float, float, int | None], Summary] = {}
+
+
 def _state(space: KeySpace, channels: int | None, arrays: dict[str, np.ndarray],
            neg: tuple[int, np.ndarray], pos: tuple[int, np.ndarray]) -> Summary:
-    state: dict[str, Any] = {"format": STATE_FORMAT, "version": STATE_VERSION, "channels": channels,
-                             "relative_accuracy": space.relative_accuracy, "min_abs": space.min_abs}
-    state.update({name: np.asarray(arrays[name], dtype=dtype) for name, dtype in STATE_ARRAYS.items()})
-    state.update(neg_offset=neg[0], neg=neg[1], pos_offset=pos[0], pos=pos[1])
-    return Summary.from_state_dict(state)
+    """A summary holding the state arrays of :data:`STATE_ARRAYS` and the two stores.
+
+    The state of :meth:`Summary.state_dict`, put into a copy of an empty summary of the same
+    accuracy and channels (a hundred times a step: the checks of ``from_state_dict`` are for
+    states read from files, and these are made here).
+    """
+    key = (space.relative_accuracy, space.min_abs, channels)
+    blank = _BLANKS.get(key)
+    if blank is None:
+        blank = _BLANKS[key] = space.empty(channels)
+    s = object.__new__(Summary)
+    s.__dict__.update(blank.__dict__)
+    sk = object.__new__(type(blank._sketch))  # noqa: SLF001 - this module builds summaries
+    sk.__dict__.update(blank._sketch.__dict__)  # noqa: SLF001
+    s._sketch = sk  # noqa: SLF001
+    for name, dtype in STATE_ARRAYS.items():
+        value = np.asarray(arrays[name], dtype=dtype).reshape(sk.c)
+        if name == "zero":
+            sk.zero = value
+        else:
+            setattr(s, "_" + name, value)
+    sk.neg_off, sk.neg = int(neg[0]), neg[1]
+    sk.pos_off, sk.pos = int(pos[0]), pos[1]
+    return s
 
 
 def _trimmed(offset: int, store: np.ndarray) -> tuple[int, np.ndarray]:
@@ -142,6 +163,14 @@ def _arrays(f: np.ndarray, total: np.ndarray, zero: np.ndarray) -> dict[str, np.
             "min": np.where(has, f[8], np.inf), "max": np.where(has, f[9], -np.inf)}
 
 
+def _trimmed_row(offset: int, row: np.ndarray) -> tuple[int, np.ndarray]:
+    """:func:`_trimmed` of one channel's (K,) counts, as (1, K')."""
+    cols = np.flatnonzero(row)
+    if cols.size == 0:
+        return offset, np.zeros((1, 0), dtype=np.int64)
+    return offset + int(cols[0]), row[None, cols[0] : cols[-1] + 1].astype(np.int64)
+
+
 def whole_summary(space: KeySpace, fields: np.ndarray, counts: np.ndarray, total: int) -> Summary:
     """A scalar summary from a partial: ``fields`` (10,), ``counts`` over all ``nbins`` keys.
 
@@ -151,12 +180,15 @@ def whole_summary(space: KeySpace, fields: np.ndarray, counts: np.ndarray, total
         counts: (nbins,) counts of the signed keys (zero bucket at key 0).
         total: the number of values, finite or not.
     """
-    counts = np.asarray(counts, dtype=np.int64)
     half, k0, top = space.half, space.k0, space.top
-    zero = np.array([counts[:k0].sum() + counts[half : half + k0].sum()], dtype=np.int64)
-    f = np.asarray(fields, dtype=np.float64).reshape(len(FIELDS), 1)
-    return _state(space, None, _arrays(f, np.array([total]), zero),
-                  _trimmed(k0, counts[None, half + k0 : half + top]), _trimmed(k0, counts[None, k0:top]))
+    n, nan, posinf = int(fields[0]), int(fields[1]), int(fields[2])
+    moments = central_sums(*(float(v) for v in fields[3:7]), n, float(fields[7])) if n else (0.0, 0.0, 0.0, 0.0)
+    scalars = {"n": n, "nan": nan, "posinf": posinf, "neginf": int(total) - n - nan - posinf,
+               "zero": int(counts[:k0].sum() + counts[half : half + k0].sum()),
+               "min": float(fields[8]) if n else np.inf, "max": float(fields[9]) if n else -np.inf,
+               **dict(zip(("mean", "m2", "m3", "m4"), moments))}
+    arrays = {name: np.array([value]) for name, value in scalars.items()}
+    return _state(space, None, arrays, _trimmed_row(k0, counts[half + k0 : half + top]), _trimmed_row(k0, counts[k0:top]))
 
 
 def channel_summary(space: KeySpace, fields: np.ndarray, counts: np.ndarray, kmin: int, total: int) -> Summary:

@@ -14,6 +14,9 @@ import torch
 from torch import nn
 
 from ..probes import layer_modules, stream_features
+from scipy.special import ndtr
+
+from .sketch import Sketch, _edge_table
 from .summary import QUANTILE_COLUMNS, SUMMARY_COLUMNS, Summary
 
 __all__ = ["coarse_histogram", "feature_summaries", "histogram_rows", "scalar_columns", "summary_row", "weight_summaries"]
@@ -65,12 +68,69 @@ def feature_summaries(
     return out
 
 
-def scalar_columns(summaries: Sequence[Summary]) -> dict[str, np.ndarray]:
+def _edges(sk: Sketch, start: int, stop: int) -> np.ndarray:
+    """Edges e_j for j in [start, stop): a slice of the sketch's edge table when it covers them."""
+    first, table = _edge_table(sk)
+    if start >= first and stop <= first + table.size:
+        return table[start - first : stop - first]
+    return sk.edge(np.arange(start, stop))
+
+
+def _group_histogram(sk: Sketch, min_abs: float, p_lo: int, counts: np.ndarray, shift: int) -> tuple[np.ndarray, ...]:
+    """(left, right, count) of the non-empty coarse buckets: ``2^shift`` fine buckets of one sign each."""
+    keep = np.flatnonzero(counts)
+    if keep.size == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+    p = p_lo + keep
+    # bucket position p != 0 is magnitude key k0 + |p| - 1; coarse group g = key >> shift, signed.
+    # Positions increase with the value, so the signed groups never decrease along p.
+    group = np.where(p == 0, 0, np.sign(p) * (((sk.key0 + np.abs(p) - 1) >> shift) + 1))
+    change = np.empty(group.size, dtype=bool)
+    change[0] = True
+    np.not_equal(group[1:], group[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    summed = np.add.reduceat(counts[keep], starts)
+    groups = group[starts]
+    g = np.abs(groups) - 1  # magnitude group of the non-zero groups
+    # positions of the first and last fine bucket of each magnitude group (at least position 1)
+    lo_p = np.maximum(1, (g << shift) - sk.key0 + 1)
+    hi_p = ((g + 1) << shift) - sk.key0
+    # left edge: e_{lo_p - 1} (positive groups) or e_{-hi_p - 1} (negative); right: e_{hi_p} or e_{-lo_p}
+    sign = np.sign(groups)
+    left = _edge_at(sk, np.where(sign > 0, lo_p - 1, -hi_p - 1))
+    right = _edge_at(sk, np.where(sign > 0, hi_p, -lo_p))
+    left = np.where(sign == 0, -min_abs, left)
+    right = np.where(sign == 0, min_abs, right)
+    return left, right, summed.astype(np.int64)
+
+
+def _edge_at(sk: Sketch, j: np.ndarray) -> np.ndarray:
+    """Edges e_j of the positions ``j`` (the edge table, or :meth:`Sketch.edge` beyond it)."""
+    first, table = _edge_table(sk)
+    i = j - first
+    if i.size and 0 <= int(i.min()) and int(i.max()) < table.size:
+        return table[i]
+    return sk.edge(j)
+
+
+def _octave_shift(s: Summary, octave_bins: int) -> int:
+    shift = s.mantissa_bits - int(round(np.log2(octave_bins)))
+    if s.channels is not None or shift < 0 or (1 << (s.mantissa_bits - shift)) != octave_bins:
+        raise ValueError(f"octave_bins must be a power of two <= {1 << s.mantissa_bits} for a scalar summary")
+    return shift
+
+
+def scalar_columns(summaries: Sequence[Summary], octave_bins: int | None = None
+                   ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], list[tuple[np.ndarray, ...]]]:
     """The summary columns of many scalar summaries at once: ``out[col][i] == summaries[i].rows()[0][col]``.
 
-    The same arithmetic as :meth:`Summary.rows` (the tests compare them value for value), with
-    the moments computed for all summaries together and each sketch's bucket positions read once
-    for its quantiles and its KS statistic. ``n`` and ``nonfinite`` are int64, the rest float64.
+    The arithmetic of :meth:`Summary.rows` (the tests compare them value for value), with the
+    moments computed for all summaries together and each sketch's bucket positions read once for
+    its quantiles, its KS statistic and, with ``octave_bins``, its coarse histogram
+    (:func:`coarse_histogram`). ``n`` and ``nonfinite`` are int64, the rest float64.
+
+    Returns:
+        The columns; with ``octave_bins`` also one ``(left, right, count)`` per summary.
     """
     t = len(summaries)
     if any(s.channels is not None for s in summaries):
@@ -94,14 +154,38 @@ def scalar_columns(summaries: Sequence[Summary]) -> dict[str, np.ndarray]:
     quant = np.full((t, q.size), np.nan)
     ks = np.full(t, np.nan)
     std_ks = np.sqrt(np.where(has, m2 / np.maximum(n, 1), 0.0))
+    hists = []
     for i, s in enumerate(summaries):
         sk = s._sketch  # noqa: SLF001 - same package: one read of the bucket positions
-        positions = sk.positions()
-        quant[i] = sk.quantiles(q, s._n, s._min, s._max, positions=positions)[0]  # noqa: SLF001
-        ks[i] = sk.ks_normal_bounds(s._n, s._mean, std_ks[i : i + 1], positions=positions)[0][0]  # noqa: SLF001
+        p_lo, counts = sk.positions()
+        counts = counts[0]
+        if octave_bins is not None:
+            hists.append(_group_histogram(sk, s.min_abs, p_lo, counts, _octave_shift(s, octave_bins)))
+        if not has[i] or counts.size == 0:
+            continue
+        cum = np.cumsum(counts)
+        # the quantiles of Sketch.quantiles: the representative of the bucket holding rank q (n - 1)
+        p = p_lo + np.searchsorted(cum, q * (state["n"][i] - 1), side="right")
+        ap = np.abs(p)
+        lo, hi = np.abs(sk.edge(ap - 1)), np.abs(sk.edge(ap))
+        rep = np.where(p == 0, 0.0, np.sign(p) * (2.0 * lo * hi / (lo + hi)))
+        quant[i] = np.where(q == 0, state["min"][i], np.where(q == 1, state["max"][i], np.clip(rep, state["min"][i], state["max"][i])))
+        # the lower KS bound of Sketch.ks_normal_bounds, max |F - Phi| over the bucket edges. Across
+        # empty buckets F is constant and Phi increases, so the maximum over such a run of edges is
+        # at one of its ends: the edges next to non-empty buckets (and the first and last) suffice.
+        if std_ks[i] > 0:
+            edges = _edges(sk, p_lo - 1, p_lo + counts.size)
+            cdf = np.zeros(counts.size + 1)
+            cdf[1:] = cum
+            at = np.zeros(counts.size + 1, dtype=bool)
+            at[:-1] = counts > 0
+            at[1:] |= at[:-1].copy()
+            at[0] = at[-1] = True
+            ks[i] = np.max(np.abs(cdf[at] / s._n[0] - ndtr((edges[at] - s._mean[0]) / std_ks[i])))  # noqa: SLF001
     out.update({name: quant[:, j] for j, name in enumerate(QUANTILE_COLUMNS)})
     out["ks_normal"] = ks
-    return {name: out[name] for name in SUMMARY_COLUMNS}
+    columns = {name: out[name] for name in SUMMARY_COLUMNS}
+    return columns if octave_bins is None else (columns, hists)
 
 
 def coarse_histogram(summary: Summary, octave_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,31 +194,13 @@ def coarse_histogram(summary: Summary, octave_bins: int) -> tuple[np.ndarray, np
     The coarse edges are a subset of the fixed global edges (``octave_bins`` buckets per octave
     of ``|v|``, the zero bucket ``(-min_abs, min_abs)`` and the bucket of ``min_abs`` starting at
     ``min_abs`` as before), so coarse histograms of different tensors and steps still line up
-    bin for bin and add exactly. Empty coarse bins are left out.
+    bin for bin and add exactly. Empty coarse buckets are left out.
 
     Args:
         summary: a scalar summary.
         octave_bins: buckets per octave, a power of two not above the summary's ``2^m``.
     """
+    shift = _octave_shift(summary, octave_bins)
     sk = summary._sketch  # noqa: SLF001 - same package
-    shift = sk.m - int(round(np.log2(octave_bins)))
-    if summary.channels is not None or shift < 0 or (1 << (sk.m - shift)) != octave_bins:
-        raise ValueError(f"octave_bins must be a power of two <= {1 << sk.m} for a scalar summary")
     p_lo, counts = sk.positions()
-    counts = counts[0]
-    if counts.size == 0:
-        empty = np.zeros(0)
-        return empty, empty, np.zeros(0, dtype=np.int64)
-    p = np.arange(p_lo, p_lo + counts.size)
-    # bucket position p != 0 is magnitude key k0 + |p| - 1; coarse group g = key >> shift, signed
-    group = np.where(p == 0, 0, np.sign(p) * (((sk.key0 + np.abs(p) - 1) >> shift) + 1))
-    keep = counts > 0
-    groups, first = np.unique(group[keep], return_index=True)
-    summed = np.add.reduceat(counts[keep], first)
-    g = np.abs(groups) - 1  # magnitude group of the non-zero groups
-    # positions of the first and last fine bucket of each magnitude group (at least position 1)
-    lo_p = np.maximum(1, (g << shift) - sk.key0 + 1)
-    hi_p = ((g + 1) << shift) - sk.key0
-    left = np.where(groups > 0, sk.edge(lo_p - 1), np.where(groups < 0, sk.edge(-hi_p - 1), -summary.min_abs))
-    right = np.where(groups > 0, sk.edge(hi_p), np.where(groups < 0, sk.edge(-lo_p), summary.min_abs))
-    return left.astype(np.float64), right.astype(np.float64), summed.astype(np.int64)
+    return _group_histogram(sk, summary.min_abs, p_lo, counts[0], shift)

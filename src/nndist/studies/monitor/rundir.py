@@ -21,12 +21,14 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...errors import NndistError
 from ...io import clean_temporaries
 from ...results import RunWriter, layout
 from ...results.parts import PartTables
 from ...stats import SUMMARY_COLUMNS, Summary
-from ...stats.tables import coarse_histogram, scalar_columns
+from ...stats.tables import scalar_columns
 
 __all__ = ["HISTOGRAM_OCTAVE_BINS", "TABLES", "MonitorRun", "step_tables"]
 
@@ -118,13 +120,30 @@ class MonitorRun:
         self.parts.compact()
 
 
-def _channel_rows(cols: dict[str, list], s: Summary, keys: dict[str, Any]) -> None:
-    for ch, row in enumerate(s.rows()):
-        for k, v in keys.items():
-            cols[k].append(v)
-        cols["channel"].append(ch)
-        for name in SUMMARY_COLUMNS:
-            cols[name].append(row[name])
+class _Chunks:
+    """A table's columns built chunk by chunk (arrays or lists of equal length), joined once."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.chunks: dict[str, list[Any]] = {c: [] for c in self.names}
+        self.rows = 0
+
+    def add(self, rows: int, columns: Mapping[str, Any]) -> None:
+        """``columns``: an array or list of ``rows`` values, or one value repeated."""
+        for c in self.names:
+            v = columns[c]
+            self.chunks[c].append(v if isinstance(v, (list, np.ndarray)) else [v] * rows)
+        self.rows += rows
+
+    def joined(self) -> dict[str, Any]:
+        return {c: np.concatenate([np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v for v in vs])
+                if any(isinstance(v, np.ndarray) for v in vs) else [x for v in vs for x in v]
+                for c, vs in self.chunks.items()}
+
+
+def _channel_rows(out: _Chunks, s: Summary, keys: dict[str, Any]) -> None:
+    rows = s.rows()
+    out.add(len(rows), {**keys, "channel": list(range(len(rows))), **{c: [r[c] for r in rows] for c in SUMMARY_COLUMNS}})
 
 
 def step_tables(parts: PartTables, step: int, keys: Sequence[Key], whole: Mapping[Hashable, Summary],
@@ -141,35 +160,26 @@ def step_tables(parts: PartTables, step: int, keys: Sequence[Key], whole: Mappin
         whole: scalar summaries by key.
         channels: per-channel summaries by key.
     """
-    names = {name: list(parts.schemas[name].names) for name in TABLES}
-    cols: dict[str, dict[str, list]] = {name: {c: [] for c in names[name]} for name in TABLES}
+    out = {name: _Chunks(parts.schemas[name].names) for name in TABLES}
     present = [k for k in keys if k in whole]
-    summary = scalar_columns([whole[k] for k in present]) if present else {}
-    hist = cols["histograms"]
-    for i, (table, layer, sub) in enumerate(present):
-        c = cols[table]
-        key_cols: dict[str, Any] = {"step": step, "layer": layer}
-        if "param" in c:
-            key_cols["param"] = sub
-        for k, v in key_cols.items():
-            c[k].append(v)
-        c["channel"].append(None)
-        for name in SUMMARY_COLUMNS:
-            c[name].append(summary[name][i].item())
-        left, right, count = coarse_histogram(whole[(table, layer, sub)], HISTOGRAM_OCTAVE_BINS)
-        hist["table"] += [table] * left.size
-        hist["step"] += [step] * left.size
-        hist["layer"] += [layer] * left.size
-        hist["param"] += [sub] * left.size
-        hist["left"] += left.tolist()
-        hist["right"] += right.tolist()
-        hist["count"] += count.tolist()
+    summary, hists = scalar_columns([whole[k] for k in present], HISTOGRAM_OCTAVE_BINS) if present else ({}, [])
+    for table in ("weights", "grads", "features"):  # the whole-tensor rows of a table at once
+        rows = [i for i, k in enumerate(present) if k[0] == table]
+        if rows:
+            subs = [present[i][2] for i in rows]
+            out[table].add(len(rows), {"step": step, "layer": [present[i][1] for i in rows], "param": subs,
+                                       "channel": [None] * len(rows), **{c: summary[c][rows] for c in SUMMARY_COLUMNS}})
+    if hists:
+        sizes = [h[0].size for h in hists]
+        out["histograms"].add(sum(sizes), {
+            "step": step, **{name: [k[j] for k, size in zip(present, sizes) for _ in range(size)]
+                             for j, name in enumerate(("table", "layer", "param"))},
+            **{name: np.concatenate([h[j] for h in hists]) for j, name in enumerate(("left", "right", "count"))}})
+    for table, layer, sub in keys:
         if (table, layer, sub) in channels:
-            _channel_rows(c, channels[(table, layer, sub)], key_cols)
-    for table, layer, stat in keys:
-        if table == "gradients" and (table, layer, stat) in channels:
-            _channel_rows(cols["gradients"], channels[(table, layer, stat)], {"step": step, "layer": layer, "stat": stat})
-    return {name: parts.arrow(name, c) for name, c in cols.items() if c["step"]}
+            key_cols = {"step": step, "layer": layer, "param": sub, "stat": sub}
+            _channel_rows(out[table], channels[(table, layer, sub)], key_cols)
+    return {name: parts.arrow(name, chunks.joined()) for name, chunks in out.items() if chunks.rows}
 
 
 def layer_info(layers: Sequence[Any], channel_dims: Mapping[str, int]) -> dict[str, dict[str, Any]]:
