@@ -207,6 +207,29 @@ def test_device_path_reads_the_host_only_in_its_transfers(monkeypatch) -> None: 
     assert_same(chans["c"], twin(big.reshape(-1, 3), 3))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_adds_never_sync_and_collect_equals_the_float64_summary() -> None:
+    """On a GPU, ``torch.cuda.set_sync_debug_mode("error")`` raises on any sync: none in the adds."""
+    xs = {f"p{i}": _values("special", 300 * (i + 1), i).cuda() for i in range(10)}
+    big = _values("lognormal", 3 * device_mod.GROUP_LIMIT, 1).cuda()
+    dp = DevicePartials(SPACE)
+    for _ in range(2):  # two steps: the second reuses the segment ids
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            dp.add_group(xs.items())
+            dp.add("big", big)
+            dp.add_channels("c", big.reshape(-1, 6), 1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        whole, chans = dp.collect()
+    assert dp.transfers == 4
+    for key, x in xs.items():
+        assert_same(whole[key], twin(x.cpu()))
+    assert_same(whole["big"], twin(big.cpu()))
+    assert_same(chans["c"], twin(big.cpu().reshape(-1, 6), 6))
+
+
 def test_device_module_has_no_host_reads_in_its_source() -> None:
     """Ops that sync on CUDA are not used by the device path (a check the CPU run cannot make)."""
     tree = ast.parse(inspect.getsource(device_mod))

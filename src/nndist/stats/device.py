@@ -175,11 +175,11 @@ class DevicePartials:
         self._seg_cache: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
 
     def _segments(self, device: torch.device, lengths: tuple[int, ...]) -> torch.Tensor:
-        """Segment ids of concatenated tensors, made on the host from their sizes and copied to
-        the device once per set of sizes (a host-to-device copy: it waits for no device work)."""
+        """Segment ids of concatenated tensors, filled on the device from the sizes (kernel
+        arguments, no copy from the host) and kept for the next step with the same sizes."""
         seg = self._seg_cache.get((device, lengths))
         if seg is None:
-            seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(device)
+            seg = torch.cat([torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(lengths)])
             if len(self._seg_cache) >= 4:  # a step's weights and grads: a few sets of sizes
                 self._seg_cache.pop(next(iter(self._seg_cache)))
             self._seg_cache[(device, lengths)] = seg
