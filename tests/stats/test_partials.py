@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from nndist.stats import Summary, partials_cpu
+from nndist.stats import columns as columns_mod
 from nndist.stats import device as device_mod
 from nndist.stats.batch import StepSummaries
 from nndist.stats.device import DevicePartials
@@ -153,7 +154,8 @@ def test_cpu_kernel_equals_float64_summary(kind: str, monkeypatch) -> None:  # n
     if not partials_cpu.AVAILABLE:
         pytest.skip("numba is not installed")
     monkeypatch.setattr(partials_cpu, "CHUNK", 4096)  # several chunks per tensor, on the pool
-    xs = [_values(kind, n, seed=n) for n in (1, 50, 3 * 4096 + 7, 20_000)] + [torch.empty(0)]
+    monkeypatch.setattr(partials_cpu, "COMPACT", 1000)  # both counting kernels
+    xs = [_values(kind, n, seed=n) for n in (1, 50, 999, 3 * 4096 + 7, 20_000)] + [torch.empty(0)]
     for x, s in zip(xs, partials_cpu.cpu_summaries(SPACE, xs, threads=2)):
         assert_same(s, twin(x))
 
@@ -240,12 +242,19 @@ def test_device_module_has_no_host_reads_in_its_source() -> None:
     assert names.count("numpy") == 1  # in _to_host
 
 
-def test_scalar_columns_equal_rows() -> None:
+@pytest.mark.parametrize("compiled", [True, False])
+def test_scalar_columns_equal_rows_and_coarse_histograms(compiled: bool, monkeypatch) -> None:  # noqa: ANN001
+    """Both paths (one compiled pass, and numpy per summary) give rows() and coarse_histogram() exactly."""
+    if not compiled:
+        monkeypatch.setattr(columns_mod, "AVAILABLE", False)
     summaries = [twin(_values(k, n, n)) for k in KINDS_ALL for n in (1, 3, 500)] + [Summary(), twin(torch.zeros(4))]
-    cols = scalar_columns(summaries)
+    summaries.append(twin(torch.tensor([1e200, -3.0])))  # beyond float32: edges outside the table (numpy path)
+    cols, hists = scalar_columns(summaries, 8)
     for i, s in enumerate(summaries):
         for name, value in s.rows()[0].items():
             assert np.array_equal(cols[name][i], value, equal_nan=True), (i, name)
+        for got, want in zip(hists[i], coarse_histogram(s, 8)):
+            assert np.array_equal(got, want), i
 
 
 @pytest.mark.parametrize("kind", KINDS_ALL)

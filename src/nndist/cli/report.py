@@ -54,6 +54,8 @@ def print_claims(path) -> None:
 
     claims = pd.read_csv(path)
     claims = claims[claims["level"] == "summary"]
+    if claims.empty:  # a monitor run: no claim of the paper is about it
+        return
     print(f"{'#':>3}  {'verdict':<13}claim")
     for row in claims.itertuples():
         print(f"{row.id:>3}  {row.verdict:<13}{row.claim}")

@@ -37,7 +37,7 @@ from ..errors import NndistError
 from ..io import atomic_path
 from ..paper import CONSTANT_INITS, PAPER_INITS
 from ..results import TABLES, RunDir, layout, load_run
-from ..results.layout import GRADIENTS, REPRODUCE
+from ..results.layout import GRADIENTS, MONITOR, REPRODUCE
 
 __all__ = ["CLAIMS", "CLAIM_COLUMNS", "INITS", "evaluate_claims", "write_claims"]
 
@@ -674,7 +674,8 @@ def evaluate_claims(run_dir: str | os.PathLike[str] | RunDir) -> pd.DataFrame:
 
     Returns:
         DataFrame with columns ``id, level, claim, scope, verdict, numbers, rule``: for each claim
-        1-15 one ``summary`` row (scope ``all``) followed by its ``detail`` rows. ``verdict`` is
+        1-15 one ``summary`` row (scope ``all``) followed by its ``detail`` rows (none for a
+        monitor run: the claims are about the paper's studies). ``verdict`` is
         ``holds``, ``fails``, ``mixed`` or ``not measured``.
 
     Raises:
@@ -682,6 +683,8 @@ def evaluate_claims(run_dir: str | os.PathLike[str] | RunDir) -> pd.DataFrame:
     """
     run = run_dir if isinstance(run_dir, RunDir) else load_run(run_dir)
     rows: list[dict] = []
+    if run.kind == MONITOR:  # a user's own training: none of the paper's claims is about it
+        return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
     study = _Study(run) if run.kind == REPRODUCE else None
     for cid, (_, kind) in CLAIMS.items():
         if kind != run.kind:

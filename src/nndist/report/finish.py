@@ -69,7 +69,8 @@ def report_run(run_dir: str | Path, *, embed_figures: bool = False, redraw: bool
     """
     run = load_run(run_dir)  # fails early, naming the path and what is missing
     notes: list[str] = []
-    if redraw:
+    # a monitor still running has new steps since its figures were drawn
+    if redraw or (run.kind == layout.MONITOR and run.manifest.get("status") != "finished"):
         draw_figures(run)
     elif not run.file(layout.FIGURES_DIR).is_dir():
         # Runs made with --no-report get their figures here; an unfinished run has too few

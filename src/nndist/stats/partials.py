@@ -38,7 +38,7 @@ from .moments import central_sums
 from .sketch import key_of, mantissa_bits
 from .summary import STATE_ARRAYS, Summary
 
-__all__ = ["FIELDS", "KeySpace", "channel_summary", "collapse", "embed_channels", "whole_summary"]
+__all__ = ["FIELDS", "KeySpace", "channel_summary", "collapse", "compact_summary", "embed_channels", "whole_summary"]
 
 #: The float64 fields of a partial, in order.
 FIELDS: tuple[str, ...] = ("n", "nan", "posinf", "s1", "s2", "s3", "s4", "ref", "min", "max")
@@ -171,6 +171,26 @@ def _trimmed_row(offset: int, row: np.ndarray) -> tuple[int, np.ndarray]:
     return offset + int(cols[0]), row[None, cols[0] : cols[-1] + 1].astype(np.int64)
 
 
+def compact_summary(space: KeySpace, fields: np.ndarray, zero: int, neg: tuple[int, np.ndarray],
+                    pos: tuple[int, np.ndarray], total: int) -> Summary:
+    """A scalar summary from a partial whose counts are already on their key ranges.
+
+    Args:
+        space: the key space.
+        fields: :data:`FIELDS` as float64.
+        zero: the zero bucket's count.
+        neg, pos: ``(first key, counts)`` of the negative and positive values (1-D).
+        total: the number of values, finite or not.
+    """
+    n, nan, posinf = int(fields[0]), int(fields[1]), int(fields[2])
+    moments = central_sums(*(float(v) for v in fields[3:7]), n, float(fields[7])) if n else (0.0, 0.0, 0.0, 0.0)
+    scalars = {"n": n, "nan": nan, "posinf": posinf, "neginf": int(total) - n - nan - posinf, "zero": int(zero),
+               "min": float(fields[8]) if n else np.inf, "max": float(fields[9]) if n else -np.inf,
+               **dict(zip(("mean", "m2", "m3", "m4"), moments))}
+    arrays = {name: np.array([value]) for name, value in scalars.items()}
+    return _state(space, None, arrays, _trimmed_row(*neg), _trimmed_row(*pos))
+
+
 def whole_summary(space: KeySpace, fields: np.ndarray, counts: np.ndarray, total: int) -> Summary:
     """A scalar summary from a partial: ``fields`` (10,), ``counts`` over all ``nbins`` keys.
 
@@ -181,14 +201,8 @@ def whole_summary(space: KeySpace, fields: np.ndarray, counts: np.ndarray, total
         total: the number of values, finite or not.
     """
     half, k0, top = space.half, space.k0, space.top
-    n, nan, posinf = int(fields[0]), int(fields[1]), int(fields[2])
-    moments = central_sums(*(float(v) for v in fields[3:7]), n, float(fields[7])) if n else (0.0, 0.0, 0.0, 0.0)
-    scalars = {"n": n, "nan": nan, "posinf": posinf, "neginf": int(total) - n - nan - posinf,
-               "zero": int(counts[:k0].sum() + counts[half : half + k0].sum()),
-               "min": float(fields[8]) if n else np.inf, "max": float(fields[9]) if n else -np.inf,
-               **dict(zip(("mean", "m2", "m3", "m4"), moments))}
-    arrays = {name: np.array([value]) for name, value in scalars.items()}
-    return _state(space, None, arrays, _trimmed_row(k0, counts[half + k0 : half + top]), _trimmed_row(k0, counts[k0:top]))
+    zero = int(counts[:k0].sum() + counts[half : half + k0].sum())
+    return compact_summary(space, fields, zero, (k0, counts[half + k0 : half + top]), (k0, counts[k0:top]), total)
 
 
 def channel_summary(space: KeySpace, fields: np.ndarray, counts: np.ndarray, kmin: int, total: int) -> Summary:

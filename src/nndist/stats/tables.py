@@ -16,6 +16,7 @@ from torch import nn
 from ..probes import layer_modules, stream_features
 from scipy.special import ndtr
 
+from . import columns as columns_kernel
 from .sketch import Sketch, _edge_table
 from .summary import QUANTILE_COLUMNS, SUMMARY_COLUMNS, Summary
 
@@ -120,6 +121,76 @@ def _octave_shift(s: Summary, octave_bins: int) -> int:
     return shift
 
 
+def _in_table(first: Summary, s: Summary, position: tuple[int, np.ndarray]) -> bool:
+    """Whether ``s`` has ``first``'s edges and the edge table holds every position it needs."""
+    if s._sketch.m != first._sketch.m or s.min_abs != first.min_abs:  # noqa: SLF001
+        return False
+    start, _ = _edge_table(s._sketch)  # noqa: SLF001
+    p, counts = position
+    return max(abs(p - 1), abs(p + counts.shape[1])) <= -start - 1  # the table: positions -reach - 1 .. reach
+
+
+def _compiled(summaries, positions, state, std_ks, q, octave_bins):  # noqa: ANN001, ANN202
+    """Quantiles, KS lower bounds and coarse histograms of all summaries from one compiled pass."""
+    sk = summaries[0]._sketch  # noqa: SLF001
+    first, table = _edge_table(sk)
+    sizes = np.array([c.shape[1] for _, c in positions], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    flat = np.concatenate([c[0] for _, c in positions]) if offsets[-1] else np.zeros(0, dtype=np.int64)
+    shift = sk.m if octave_bins is None else _octave_shift(summaries[0], octave_bins)
+    quant, at_edge, at_cdf, at_start, left, right, count, h_start = columns_kernel.sketch_columns(
+        flat, offsets, np.array([p for p, _ in positions]), state["n"], state["min"], state["max"], q, table, first,
+        sk.key0, shift, summaries[0].min_abs)
+    ks = np.full(len(summaries), np.nan)
+    owner = np.repeat(np.arange(len(summaries)), np.diff(at_start))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.abs(at_cdf - ndtr((at_edge - state["mean"][owner]) / std_ks[owner]))
+    points = np.diff(at_start) > 0
+    if points.any():  # empty segments lie between the non-empty ones: each maximum is its own segment's
+        peak = np.maximum.reduceat(gap, at_start[:-1][points])
+        ks[points] = np.where(std_ks[points] > 0, peak, np.nan)
+    hists = [(left[h_start[i] : h_start[i + 1]], right[h_start[i] : h_start[i + 1]], count[h_start[i] : h_start[i + 1]])
+             for i in range(len(summaries))] if octave_bins is not None else []
+    return quant, ks, hists
+
+
+def _per_summary(summaries, positions, state, std_ks, q, octave_bins):  # noqa: ANN001, ANN202
+    """The numpy path of :func:`scalar_columns` (no compiler, or edges beyond the table)."""
+    t = len(summaries)
+    quant = np.full((t, q.size), np.nan)
+    ks = np.full(t, np.nan)
+    has = state["n"] > 0
+    hists = []
+    for i, s in enumerate(summaries):
+        sk = s._sketch  # noqa: SLF001 - same package
+        p_lo, counts = positions[i]
+        counts = counts[0]
+        if octave_bins is not None:
+            hists.append(_group_histogram(sk, s.min_abs, p_lo, counts, _octave_shift(s, octave_bins)))
+        if not has[i] or counts.size == 0:
+            continue
+        cum = np.cumsum(counts)
+        # the quantiles of Sketch.quantiles: the representative of the bucket holding rank q (n - 1)
+        p = p_lo + np.searchsorted(cum, q * (state["n"][i] - 1), side="right")
+        ap = np.abs(p)
+        lo, hi = np.abs(sk.edge(ap - 1)), np.abs(sk.edge(ap))
+        rep = np.where(p == 0, 0.0, np.sign(p) * (2.0 * lo * hi / (lo + hi)))
+        quant[i] = np.where(q == 0, state["min"][i], np.where(q == 1, state["max"][i], np.clip(rep, state["min"][i], state["max"][i])))
+        # the lower KS bound of Sketch.ks_normal_bounds, max |F - Phi| over the bucket edges. Across
+        # empty buckets F is constant and Phi increases, so the maximum over such a run of edges is
+        # at one of its ends: the edges next to non-empty buckets (and the first and last) suffice.
+        if std_ks[i] > 0:
+            edges = _edges(sk, p_lo - 1, p_lo + counts.size)
+            cdf = np.zeros(counts.size + 1)
+            cdf[1:] = cum
+            at = np.zeros(counts.size + 1, dtype=bool)
+            at[:-1] = counts > 0
+            at[1:] |= at[:-1].copy()
+            at[0] = at[-1] = True
+            ks[i] = np.max(np.abs(cdf[at] / s._n[0] - ndtr((edges[at] - s._mean[0]) / std_ks[i])))  # noqa: SLF001
+    return quant, ks, hists
+
+
 def scalar_columns(summaries: Sequence[Summary], octave_bins: int | None = None
                    ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], list[tuple[np.ndarray, ...]]]:
     """The summary columns of many scalar summaries at once: ``out[col][i] == summaries[i].rows()[0][col]``.
@@ -151,37 +222,18 @@ def scalar_columns(summaries: Sequence[Summary], octave_bins: int | None = None
         "nonfinite": (state["nan"] + state["posinf"] + state["neginf"]).astype(np.int64),
     }
     q = np.array(list(QUANTILE_COLUMNS.values()))
-    quant = np.full((t, q.size), np.nan)
-    ks = np.full(t, np.nan)
     std_ks = np.sqrt(np.where(has, m2 / np.maximum(n, 1), 0.0))
-    hists = []
-    for i, s in enumerate(summaries):
-        sk = s._sketch  # noqa: SLF001 - same package: one read of the bucket positions
-        p_lo, counts = sk.positions()
-        counts = counts[0]
-        if octave_bins is not None:
-            hists.append(_group_histogram(sk, s.min_abs, p_lo, counts, _octave_shift(s, octave_bins)))
-        if not has[i] or counts.size == 0:
-            continue
-        cum = np.cumsum(counts)
-        # the quantiles of Sketch.quantiles: the representative of the bucket holding rank q (n - 1)
-        p = p_lo + np.searchsorted(cum, q * (state["n"][i] - 1), side="right")
-        ap = np.abs(p)
-        lo, hi = np.abs(sk.edge(ap - 1)), np.abs(sk.edge(ap))
-        rep = np.where(p == 0, 0.0, np.sign(p) * (2.0 * lo * hi / (lo + hi)))
-        quant[i] = np.where(q == 0, state["min"][i], np.where(q == 1, state["max"][i], np.clip(rep, state["min"][i], state["max"][i])))
-        # the lower KS bound of Sketch.ks_normal_bounds, max |F - Phi| over the bucket edges. Across
-        # empty buckets F is constant and Phi increases, so the maximum over such a run of edges is
-        # at one of its ends: the edges next to non-empty buckets (and the first and last) suffice.
-        if std_ks[i] > 0:
-            edges = _edges(sk, p_lo - 1, p_lo + counts.size)
-            cdf = np.zeros(counts.size + 1)
-            cdf[1:] = cum
-            at = np.zeros(counts.size + 1, dtype=bool)
-            at[:-1] = counts > 0
-            at[1:] |= at[:-1].copy()
-            at[0] = at[-1] = True
-            ks[i] = np.max(np.abs(cdf[at] / s._n[0] - ndtr((edges[at] - s._mean[0]) / std_ks[i])))  # noqa: SLF001
+    positions = [s._sketch.positions() for s in summaries]  # noqa: SLF001 - same package: read once
+    fast = np.array([columns_kernel.AVAILABLE and _in_table(summaries[0], s, p) for s, p in zip(summaries, positions)], dtype=bool)
+    quant, ks = np.full((t, q.size), np.nan), np.full(t, np.nan)
+    hists: list[tuple[np.ndarray, ...]] = [()] * t
+    for path, chosen in ((_compiled, np.flatnonzero(fast)), (_per_summary, np.flatnonzero(~fast))):
+        if chosen.size:
+            sub = {k: v[chosen] for k, v in state.items()}
+            quant[chosen], ks[chosen], part = path([summaries[i] for i in chosen], [positions[i] for i in chosen],
+                                                   sub, std_ks[chosen], q, octave_bins)
+            for i, h in zip(chosen, part):
+                hists[i] = h
     out.update({name: quant[:, j] for j, name in enumerate(QUANTILE_COLUMNS)})
     out["ks_normal"] = ks
     columns = {name: out[name] for name in SUMMARY_COLUMNS}
