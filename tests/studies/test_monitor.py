@@ -18,7 +18,7 @@ from nndist.probes import emission_absorption
 from nndist.results import load_run
 from nndist.stats.batch import StepSummaries
 from nndist.studies.monitor import monitor as monitor_mod
-from monitor_cases import Tiny, Tokens, Twin, assert_rows_equal, data, hooks_on, listing, tiny, train
+from monitor_cases import Tokens, Twin, assert_rows_equal, data, hooks_on, listing, tiny, train
 from host_reads import HostReads
 
 LAYERS = ["conv", "bn", "fc", "norm", "head"]

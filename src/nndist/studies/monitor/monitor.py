@@ -23,7 +23,7 @@ Rank 0 writes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch import nn
 from ... import dist as ndist
 from ...errors import NndistError
 from ...probes import forward_hooks
-from ...results import layout, utc_now, versions
+from ...results import utc_now, versions
 from ...stats import Summary, merge_to_main
 from ...stats.batch import StepSummaries
 from ...stats.partials import KeySpace, embed_channels
