@@ -163,6 +163,8 @@ def test_the_gradients_command_prints_what_is_measured_and_only_measurable_claim
     printed = capsys.readouterr().out
     assert "5 layers measured (16 samples); unsupported: 0; no channel-to-channel gradient: 0" in printed
     assert "not measured by this run: 1, 2, 3" in printed and "(16 images: weak)" in printed
+    html = (out / layout.REPORT).read_text()
+    assert "paper_cnn (random weights)" in html and "seeded with --seed 0" in html  # the report says so too
     assert main(["gradients", "--resume", "--out", str(out), "--no-progress", "--no-report"]) == 0  # nothing but the directory
 
 

@@ -235,7 +235,7 @@ def render_report(run_dir: str | os.PathLike[str] | RunDir, *, embed_figures: bo
     meta = {k: _fmt(m.get(k)) for k in ("started", "finished") if m.get(k)}
     if run.kind == layout.GRADIENTS:
         meta["samples"] = _fmt(m.get("n_samples"))
-        meta["model"] = _fmt(m.get("model"))
+        meta["model"] = _fmt(m.get("model")) + (" (random weights)" if m.get("random_weights") else "")
     config = _flatten(m.get("config") or {})
     extra = _flatten({k: m[k] for k in ("versions", "seeds") if k in m})
     if isinstance(m.get("subsets"), dict):
@@ -254,6 +254,7 @@ def render_report(run_dir: str | os.PathLike[str] | RunDir, *, embed_figures: bo
                 for r in summary.to_dict("records")],
         counts=counts,
         constant_inits=CONSTANT_INITS,
+        notices=[str(n) for n in m.get("notices") or []],
         generated=_dt.datetime.now().isoformat(timespec="seconds"),
         version=__version__,
     )
