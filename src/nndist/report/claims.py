@@ -38,6 +38,7 @@ from ..io import atomic_path
 from ..paper import CONSTANT_INITS, PAPER_INITS
 from ..results import TABLES, RunDir, layout, load_run
 from ..results.layout import GRADIENTS, REPRODUCE
+from ..stats.heterogeneity import brown_forsythe, kruskal_wallis
 
 __all__ = ["CLAIMS", "CLAIM_COLUMNS", "INITS", "WEAK_IMAGES", "evaluate_claims", "run_images", "verdict_text", "write_claims"]
 
@@ -556,8 +557,6 @@ def _subsample(arr: np.ndarray, limit: int = HETERO_MAX_ROWS) -> np.ndarray:
 
 
 def _claim13(run: RunDir) -> list[dict]:
-    from scipy import stats
-
     rule = (f"per layer and statistic: with per-sample arrays, Kruskal-Wallis H test over channels (medians differ) "
             f"and Brown-Forsythe test (Levene, center=median; variances differ), both p < {HETERO_P}, on up to "
             f"{HETERO_MAX_ROWS} evenly spaced samples; without them, from gradients.parquet, coefficient of variation "
@@ -573,15 +572,14 @@ def _claim13(run: RunDir) -> list[dict]:
             scope = f"{layer} ({stat})"
             if arr is not None and arr.shape[1] >= 2 and arr.shape[0] >= 3:
                 x = _subsample(arr)
-                cols = [x[:, j] for j in range(x.shape[1])]
                 if np.ptp(x) == 0:
                     c.detail(scope, FAILS, "all values equal")
                     continue
-                h = stats.kruskal(*cols)
-                lev = stats.levene(*cols, center="median")
-                ok = h.pvalue < HETERO_P and lev.pvalue < HETERO_P
-                c.detail(scope, _v(ok), f"Kruskal-Wallis H = {_g(h.statistic)}, p = {_g(h.pvalue)}; "
-                         f"Brown-Forsythe W = {_g(lev.statistic)}, p = {_g(lev.pvalue)} "
+                h, h_p = kruskal_wallis(x)
+                w, w_p = brown_forsythe(x)
+                ok = h_p < HETERO_P and w_p < HETERO_P
+                c.detail(scope, _v(ok), f"Kruskal-Wallis H = {_g(h)}, p = {_g(h_p)}; "
+                         f"Brown-Forsythe W = {_g(w)}, p = {_g(w_p)} "
                          f"({x.shape[0]} samples x {x.shape[1]} channels)")
             elif g is not None and "q50" in g:
                 sub = g[(g["layer"] == layer) & (g["stat"] == stat)]
