@@ -162,6 +162,8 @@ def test_package_import_is_light(module):
 if __name__ == "__main__":  # rewrite the generated section
     sys.path.insert(0, str(ROOT / "src"))
     text = DOC.read_text(encoding="utf-8")
-    old = text.split("<!-- schema:begin -->")[1].split("<!-- schema:end -->")[0]
-    DOC.write_text(text.replace(old, "\n" + render_schema() + "\n"), encoding="utf-8")
+    # Replace only what lies between the markers (an empty section must not match every newline).
+    head, rest = text.split("<!-- schema:begin -->", 1)
+    tail = rest.split("<!-- schema:end -->", 1)[1]
+    DOC.write_text(f"{head}<!-- schema:begin -->\n{render_schema()}\n<!-- schema:end -->{tail}", encoding="utf-8")
     print(f"rewrote the schema section of {DOC}")
