@@ -105,8 +105,7 @@ def _hist_item(keys: dict[str, Any], names: Sequence[str], hists: Sequence[pd.Da
 def _stat_row(df: pd.DataFrame | None) -> list[Any]:
     if df is None or df.empty:
         return [None] * len(STAT_COLUMNS)
-    row = df.iloc[0]
-    return [row[c] if c in row else None for c in STAT_COLUMNS]
+    return [df[c].iloc[0] if c in df else None for c in STAT_COLUMNS]  # column by column: n stays an int
 
 
 def _groups(df: pd.DataFrame | None, keys: list[str]) -> dict[tuple, pd.DataFrame]:
@@ -257,14 +256,15 @@ def _compare(run: RunDir) -> dict[str, Any]:
     first, initial = (table.index[0] if len(table) else None), None  # the most changed row opens first
     for row in shown.itertuples():
         layer, _, param = row.tensor.rpartition(".")
-        sides = [(f"A: {row.a}", row.a, "a"), (f"B: {row.b}", row.b, "b")]
+        sides = [("A", row.a, "a"), ("B", row.b, "b")]  # the labels go into the numbers: they can be long paths
         sides = [s for s in sides if (s[1], row.tensor) in hist]
         names = [s[0] for s in sides]
         hs = [hist[(s[1], row.tensor)] for s in sides]
         n = max([float(h["count"].sum()) for h in hs], default=1.0)
-        rows = [[float(h["count"].sum()), getattr(row, f"mean_{s[2]}"), getattr(row, f"std_{s[2]}"),
+        rows = [[int(h["count"].sum()), getattr(row, f"mean_{s[2]}"), getattr(row, f"std_{s[2]}"),
                  getattr(row, f"kurtosis_{s[2]}")] for s, h in zip(sides, hs)]
-        numbers = [("status", row.status), ("shape A", row.shape_a or "–"), ("shape B", row.shape_b or "–"),
+        numbers = [("A", row.a), ("B", row.b), ("status", row.status), ("shape A", row.shape_a or "–"),
+                   ("shape B", row.shape_b or "–"),
                    ("relative change", row.rel_change), ("cosine", row.cosine), ("sign flips", row.sign_flip),
                    ("W1", row.w1), ("KS", row.ks)]
         keys = {"pair": f"{row.a} → {row.b}", "layer": layer or row.tensor, "tensor": param or row.tensor}

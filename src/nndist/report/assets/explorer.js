@@ -75,7 +75,7 @@
   var initial = data.initial || null;  // the first item to show (e.g. the most changed tensor)
   var controls = byId("nndist-explorer-controls");
   var histDiv = byId("nndist-hist");
-  var yScale = select("nndist-yscale", ["linear", "log"], function () { draw(); });
+  var yScale = select("nndist-yscale", ["linear", "log"], function () { draw(); if (boxLayer) { drawBoxes(); } });
 
   function matching(upto) {
     return items.filter(function (it) {
@@ -174,7 +174,7 @@
                             font: { size: 13 }, x: 0.01, xanchor: "left" },
                    xaxis: { type: "category", categoryorder: "array", categoryarray: order.map(function (i) { return labels[i]; }),
                             title: { text: "channel" } },
-                   yaxis: { title: { text: stat } } };
+                   yaxis: { title: { text: stat }, type: yScale.value } };
     Plotly.react(div, [trace], layout, CONFIG);
   }
   function drawBoxes() {
@@ -193,6 +193,7 @@
     var bc = byId("nndist-box-controls");
     bc.appendChild(labelled("Layer", boxLayer));
     bc.appendChild(labelled("Sort channels by", boxSort));
+    if (!items.length) { bc.appendChild(labelled("y axis", yScale)); }
     byId("nndist-explorer-boxes").hidden = false;
   }
 
