@@ -56,3 +56,7 @@ def test_compare_prints_the_ranked_table(tmp_path: Path, capsys: pytest.CaptureF
     assert (out / "report.html").is_file() and (out / "figures" / "compare_histograms.png").is_file()
     assert main([*argv, "--overwrite", "--no-report", "--rows", "0"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2 + 1 + 15 + 2
+
+    assert main(["report", str(out)]) == 0  # a compare run's report: no claims to test
+    assert capsys.readouterr().out.splitlines() == [
+        str(out / "report.html"), "the paper's claims apply to reproduce and gradients runs only: none to test here"]

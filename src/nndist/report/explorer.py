@@ -39,7 +39,7 @@ import pandas as pd
 from ..paper import FIGURE4_CHANNELS
 from ..results import RunDir, layout
 from .compare_figures import depth_order
-from .histview import TAIL, bins_for, display_grid, series_densities
+from .histview import TAIL, bins_for, display_grid, padded_grid, series_densities
 
 __all__ = ["DIGITS", "EXPLORERS", "MAX_BINS", "MAX_ITEMS", "MAX_NUMBERS", "MAX_STEPS", "explorer_data",
            "explorer_scripts"]
@@ -159,14 +159,10 @@ def _reproduce(run: RunDir) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ gradients
 def _values_grid(arrays: Sequence[np.ndarray], bins: int) -> np.ndarray:
+    """The grid of :func:`~nndist.report.histview.display_grid`, from values instead of histograms."""
     pooled = np.concatenate([a[np.isfinite(a)] for a in arrays]) if arrays else np.zeros(0)
-    if pooled.size == 0:
-        return np.linspace(-1.0, 1.0, bins + 1)
-    lo, hi = (float(v) for v in np.quantile(pooled, [TAIL, 1 - TAIL]))
-    if hi - lo <= 1e-12 * max(1.0, abs(lo), abs(hi)):
-        lo, hi = lo - 0.5, hi + 0.5
-    pad = 0.1 * (hi - lo)
-    return np.linspace(lo - pad, hi + pad, bins + 1)
+    bulk = tuple(float(v) for v in np.quantile(pooled, [TAIL, 1 - TAIL])) if pooled.size else None
+    return padded_grid(bulk, bins)
 
 
 def _density(values: np.ndarray, grid: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .figures import rebin
 
-__all__ = ["TAIL", "bins_for", "display_grid", "series_densities"]
+__all__ = ["TAIL", "bins_for", "display_grid", "padded_grid", "series_densities"]
 
 #: Mass left out of the grid's range on each side (it is counted in the end bins).
 TAIL = 0.002
@@ -62,8 +62,14 @@ def display_grid(hists: Sequence[pd.DataFrame], *, bins: int = 80) -> np.ndarray
         ``bins + 1`` increasing edges; ``[-1, 1]`` split evenly when no series has mass.
     """
     qs = _pooled_quantiles(hists, (TAIL, 1 - TAIL))
-    lo, hi = (-1.0, 1.0) if qs is None or not np.all(np.isfinite(qs)) else (float(qs[0]), float(qs[1]))
-    if hi - lo <= 1e-12 * max(1.0, abs(lo), abs(hi)):  # a constant tensor: a unit-wide window around it
+    return padded_grid(None if qs is None else (float(qs[0]), float(qs[1])), bins)
+
+
+def padded_grid(bulk: tuple[float, float] | None, bins: int) -> np.ndarray:
+    """``bins + 1`` linear edges over ``bulk = (lo, hi)`` padded by a tenth of its width on each
+    side; a unit-wide window around a constant, ``[-1, 1]`` for nothing (None or non-finite)."""
+    lo, hi = (-1.0, 1.0) if bulk is None or not np.all(np.isfinite(bulk)) else bulk
+    if hi - lo <= 1e-12 * max(1.0, abs(lo), abs(hi)):
         lo, hi = lo - 0.5, hi + 0.5
     pad = 0.1 * (hi - lo)
     return np.linspace(lo - pad, hi + pad, int(bins) + 1)
