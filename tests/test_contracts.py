@@ -119,15 +119,18 @@ def render_schema() -> str:
             f"- `{layout.checkpoint_file('<run key>', '<stage>')}`: stages `{layout.BEFORE}` and `{layout.AFTER}`; the run key is"
             f" `{layout.run_key('<init>', 0)}` for seed 0, `{layout.run_key('<init>', 7).replace('7', '<S>')}` otherwise",
             f"- stages: `{layout.BEFORE}`, `{layout.epoch_stage(1).replace('1', 'K')}` (after epoch K, with every_epoch), `{layout.AFTER}`",
-            *(f"- `{layout.FIGURES_DIR}/{name}.{{{','.join(fmts)}}}`" for name, fmts in fig.items() if name not in ("fig4", "heatmap", "overview")),
+            *(f"- `{layout.FIGURES_DIR}/{name}.{{{','.join(fig[name])}}}`" for name in layout.KIND_FIGURES[layout.REPRODUCE]),
         ],
         layout.GRADIENTS: [
             f"- `{layout.per_sample_file('<layer>', '<stat>')}`: float32 (N, C), stat `emission` or `absorption`, memory-mappable;"
             f" `<layer>` is the module name with `/` as `_`, `{layout.layer_file_stem('')}` for the root module",
             f"- `{layout.PER_SAMPLE_ORDER}`: the dataset index of each per-sample row",
             f"- `{layout.CHANNEL_NORMS}`: per layer the mean over samples of ||LG^(c1->c2)||, (C_out, C_in)",
-            f"- `{layout.FIGURES_DIR}/overview.{{{','.join(fig['overview'])}}}`; the layers named by `layer_figures`:",
-            *(f"- `{layout.figure_file(name, '<layer>', fmts[0])}`" for name, fmts in fig.items() if name in ("fig4", "heatmap")),
+            f"- `{layout.FIGURES_DIR}/overview.{{{','.join(fig['overview'])}}}`; for the layers named by `layer_figures`:",
+            *(f"- `{layout.figure_file(name, '<layer>', fig[name][0])}`" for name in layout.KIND_FIGURES[layout.GRADIENTS] if name != "overview"),
+        ],
+        layout.COMPARE: [
+            f"- `{layout.FIGURES_DIR}/{name}.{{{','.join(fig[name])}}}`" for name in layout.KIND_FIGURES[layout.COMPARE]
         ],
     }
     for kind in (k for k in layout.KINDS if k in TABLES):

@@ -22,6 +22,7 @@ EXPECTED = [
     "random_inputs",
     "register_handler",
     "register_model",
+    "run_compare",
     "run_gradients",
     "run_reproduce",
     "save_checkpoint",

@@ -9,7 +9,8 @@ claim of the paper plus detail rows (per seed, init, layer), each with a verdict
   missing table, a missing init).
 
 Claims 1-12 are about the initialisation study (a ``reproduce`` run); 13-15 about channel-wise
-gradients (a ``gradients`` run). Every rule and threshold is written into the ``rule`` column, and
+gradients (a ``gradients`` run). Other kinds of run (:data:`CLAIM_KINDS` lists the two that
+claims apply to) get an empty table, not fifteen "not measured" rows. Every rule and threshold is written into the ``rule`` column, and
 the measured values into ``numbers``, so a reader can judge the verdict.
 
 Conventions:
@@ -40,10 +41,12 @@ from ..results import TABLES, RunDir, layout, load_run
 from ..results.layout import GRADIENTS, REPRODUCE
 from ..stats.heterogeneity import brown_forsythe, kruskal_wallis
 
-__all__ = ["CLAIMS", "CLAIM_COLUMNS", "INITS", "WEAK_IMAGES", "evaluate_claims", "run_images", "verdict_text", "write_claims"]
+__all__ = ["CLAIMS", "CLAIM_COLUMNS", "CLAIM_KINDS", "INITS", "WEAK_IMAGES", "evaluate_claims", "run_images", "verdict_text", "write_claims"]
 
 INITS = PAPER_INITS
 CLAIM_COLUMNS = ["id", "level", "claim", "scope", "verdict", "evidence", "numbers", "rule"]
+#: The kinds of run the paper's claims are about (the others have no claims to test).
+CLAIM_KINDS: tuple[str, ...] = (REPRODUCE, GRADIENTS)
 HOLDS, FAILS, MIXED, NOT_MEASURED = "holds", "fails", "mixed", "not measured"
 
 # Thresholds, stated in the rule column of every row that uses them.
@@ -678,13 +681,16 @@ def evaluate_claims(run_dir: str | os.PathLike[str] | RunDir) -> pd.DataFrame:
     Returns:
         DataFrame with columns ``id, level, claim, scope, verdict, numbers, rule``: for each claim
         1-15 one ``summary`` row (scope ``all``) followed by its ``detail`` rows. ``verdict`` is
-        ``holds``, ``fails``, ``mixed`` or ``not measured``.
+        ``holds``, ``fails``, ``mixed`` or ``not measured``. Empty (the columns only) for a
+        kind of run outside :data:`CLAIM_KINDS`.
 
     Raises:
         NndistError: If the run directory or one of its tables is missing or invalid.
     """
     run = run_dir if isinstance(run_dir, RunDir) else load_run(run_dir)
     rows: list[dict] = []
+    if run.kind not in CLAIM_KINDS:
+        return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
     study = _Study(run) if run.kind == REPRODUCE else None
     for cid, (_, kind) in CLAIMS.items():
         if kind != run.kind:

@@ -9,6 +9,7 @@ from typing import Callable
 from ..errors import NndistError
 from ..results import RunDir, layout, load_run
 from .claims import evaluate_claims, write_claims
+from .compare_figures import write_compare_figures
 from .figures import write_figures
 from .figures_gradients import write_gradient_figures
 from .html import write_report
@@ -20,6 +21,7 @@ __all__ = ["FIGURES", "draw_figures", "finish_run_directory", "report_run"]
 FIGURES: dict[str, Callable[[RunDir], list[Path]]] = {
     layout.REPRODUCE: write_figures,
     layout.GRADIENTS: write_gradient_figures,
+    layout.COMPARE: write_compare_figures,
 }
 
 

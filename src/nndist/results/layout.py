@@ -20,6 +20,7 @@ __all__ = [
     "FIGURES_DIR",
     "FIGURE_FORMATS",
     "GRADIENTS",
+    "KIND_FIGURES",
     "KINDS",
     "MANIFEST",
     "MONITOR",
@@ -67,6 +68,13 @@ STATE_FILES: dict[str, str] = {REPRODUCE: f"{STATE_DIR}/train.pt", GRADIENTS: f"
 FIGURE_FORMATS: dict[str, tuple[str, ...]] = {
     "fig1_loss": ("png", "svg"), "fig2_weights": ("png", "svg"), "fig3_features": ("png", "svg"),
     "evolution": ("png", "svg"), "overview": ("png", "svg"), "fig4": ("png",), "heatmap": ("png",),
+    "compare_shift": ("png", "svg"), "compare_histograms": ("png", "svg"),
+}
+#: The static figures of each kind of run (names of :data:`FIGURE_FORMATS`).
+KIND_FIGURES: dict[str, tuple[str, ...]] = {
+    REPRODUCE: ("fig1_loss", "fig2_weights", "fig3_features", "evolution"),
+    GRADIENTS: ("overview", "fig4", "heatmap"),
+    COMPARE: ("compare_shift", "compare_histograms"),
 }
 
 #: Stages of the distributions of a reproduce run; ``epoch_K`` lies between them.

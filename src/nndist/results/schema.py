@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..stats.summary import SUMMARY_COLUMNS
-from .layout import GRADIENTS, REPRODUCE
+from ..stats.weightstats import COMPARE_COLUMNS
+from .layout import COMPARE, GRADIENTS, MONITOR, REPRODUCE
 
 __all__ = ["HISTOGRAM_COLUMNS", "SUMMARY_COLUMNS", "TABLES", "TableSpec", "columns", "spec"]
 
@@ -51,6 +52,22 @@ TABLES: dict[str, dict[str, TableSpec]] = {
     GRADIENTS: {
         "gradients": TableSpec(("layer", "channel", "stat"), SUMMARY_COLUMNS),
     },
+    COMPARE: {
+        # a, b: the labels of the pair's sources (manifest "sources"); status: what the row holds
+        # (nndist.stats.weightstats.COMPARE_STATUSES); rows ranked most changed first.
+        "compare": TableSpec(("a", "b", "tensor"), COMPARE_COLUMNS[1:] + ("status",)),
+        # The histogram of every summarised tensor of every source, on the fixed global edges.
+        "histograms": TableSpec(("source", "tensor"), HISTOGRAM_COLUMNS[7:]),
+    },
+}
+
+# --- provisional: the tables of a monitor run, as the monitor is being written (to be reconciled
+# with nndist.Monitor). Whole-tensor rows have a null channel.
+TABLES[MONITOR] = {
+    "weights": TableSpec(("step", "layer", "param", "channel"), SUMMARY_COLUMNS, order="step"),
+    "grads": TableSpec(("step", "layer", "param", "channel"), SUMMARY_COLUMNS, order="step"),
+    "features": TableSpec(("step", "layer", "param", "channel"), SUMMARY_COLUMNS, order="step"),
+    "histograms": TableSpec(("table", "step", "layer", "param", "channel"), HISTOGRAM_COLUMNS[7:], order="step"),
 }
 
 
