@@ -111,14 +111,16 @@ def render_schema() -> str:
 
     fig = layout.FIGURE_FORMATS
     lines = [f"Every run directory holds `{layout.MANIFEST}` (its `kind`: {', '.join(f'`{k}`' for k in layout.KINDS)}),"
-             f" `{layout.REPORT}`, `{layout.CLAIMS}`, `{layout.TB_DIR}/` (TensorBoard events) and, while it runs,"
-             f" `{layout.LOCK}` and `{layout.STATE_DIR}/`.", ""]
+             f" `{layout.REPORT}`, `{layout.CLAIMS}`, `{layout.TB_DIR}/` (TensorBoard events) and, until it has"
+             f" finished, `{layout.STATE_DIR}/` (kept with `--keep-state`). While a process writes `RUN`, it holds"
+             f" `{layout.lock_file(Path('RUN')).name}` beside it; an `--overwrite` run writes into"
+             f" `{layout.staging_dir(Path('RUN')).name}` and replaces `RUN` with it when it has finished.", ""]
     extra = {
         layout.REPRODUCE: [
             f"- `{layout.checkpoint_file('<run key>', '<stage>')}`: stages `{layout.BEFORE}` and `{layout.AFTER}`; the run key is"
             f" `{layout.run_key('<init>', 0)}` for seed 0, `{layout.run_key('<init>', 7).replace('7', '<S>')}` otherwise",
             f"- stages: `{layout.BEFORE}`, `{layout.epoch_stage(1).replace('1', 'K')}` (after epoch K, with every_epoch), `{layout.AFTER}`",
-            *(f"- `{layout.FIGURES_DIR}/{name}.{{{','.join(fmts)}}}`" for name, fmts in fig.items() if name not in ("fig4", "heatmap")),
+            *(f"- `{layout.FIGURES_DIR}/{name}.{{{','.join(fig[name])}}}`" for name in layout.KIND_FIGURES[layout.REPRODUCE]),
         ],
         layout.MONITOR: [
             f"- while it runs, each table is a folder `{layout.table_file('<table>')}/` of parts `part-<step>.parquet`"
@@ -135,7 +137,11 @@ def render_schema() -> str:
             f" `<layer>` is the module name with `/` as `_`, `{layout.layer_file_stem('')}` for the root module",
             f"- `{layout.PER_SAMPLE_ORDER}`: the dataset index of each per-sample row",
             f"- `{layout.CHANNEL_NORMS}`: per layer the mean over samples of ||LG^(c1->c2)||, (C_out, C_in)",
-            *(f"- `{layout.figure_file(name, '<layer>', fmts[0])}`" for name, fmts in fig.items() if name in ("fig4", "heatmap")),
+            f"- `{layout.FIGURES_DIR}/overview.{{{','.join(fig['overview'])}}}`; for the layers named by `layer_figures`:",
+            *(f"- `{layout.figure_file(name, '<layer>', fig[name][0])}`" for name in layout.KIND_FIGURES[layout.GRADIENTS] if name != "overview"),
+        ],
+        layout.COMPARE: [
+            f"- `{layout.FIGURES_DIR}/{name}.{{{','.join(fig[name])}}}`" for name in layout.KIND_FIGURES[layout.COMPARE]
         ],
     }
     for kind in (k for k in layout.KINDS if k in TABLES):
@@ -147,6 +153,7 @@ def render_schema() -> str:
 
 
 def _doc_schema(text: str) -> str:
+    assert text.count("<!-- schema:begin -->") == 1 and text.count("<!-- schema:end -->") == 1, "one schema block"
     return text.split("<!-- schema:begin -->")[1].split("<!-- schema:end -->")[0].strip()
 
 

@@ -23,6 +23,7 @@ EXPECTED = [
     "random_inputs",
     "register_handler",
     "register_model",
+    "run_compare",
     "run_gradients",
     "run_reproduce",
     "save_checkpoint",
@@ -49,6 +50,7 @@ def test_emission_absorption_signature():
         ("targets", "POSITIONAL_OR_KEYWORD", None),
         ("loss", "KEYWORD_ONLY", "cross_entropy"),
         ("layers", "KEYWORD_ONLY", None),
+        ("definition", "KEYWORD_ONLY", "paper"),
     ]
 
 

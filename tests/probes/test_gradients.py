@@ -339,7 +339,8 @@ def test_result_types_and_public_api() -> None:
     assert isinstance(r, LayerGradients)
     for t in (r.emission, r.absorption, r.norm_sum):
         assert not t.requires_grad and t.dtype == torch.float64 and t.device == x.device
-    assert res.unsupported == {}
+    assert res.unsupported == {} and res.not_called == {} and res.definition == "paper"
+    assert list(res.no_local_gradient) == ["bn1", "bn2"]
     assert set(ndg.__all__) >= {"emission_absorption", "register_handler", "GradientResults", "LayerGradients", "HANDLERS"}
 
 
@@ -443,8 +444,9 @@ def test_unsupported_listed_and_register_handler() -> None:
     model[2].m.data = model[2].m.data.double()
     x = torch.randn(2, 2, 3, dtype=torch.float64)
     res = emission_absorption(model, x, loss="logit")
-    assert res.unsupported == {"0": "Conv1d", "2": "Scale"}
-    assert list(res) == ["4"]
+    assert res.unsupported == {"2": "Scale"}
+    assert list(res) == ["0", "4"]
+    assert list(res.no_local_gradient) == ["3"] and "per-channel affine" in res.no_local_gradient["3"]
 
     def scale_handler(module: nn.Module, input: Tensor, grad_output: Tensor) -> LayerGradients:
         return ndg.linear_local_gradient_norms(module.m.detach(), grad_output)
@@ -454,7 +456,7 @@ def test_unsupported_listed_and_register_handler() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_handler(Scale, scale_handler)
         res = emission_absorption(model, x, loss="logit")
-        assert res.unsupported == {"0": "Conv1d"} and list(res) == ["2", "4"]
+        assert res.unsupported == {} and list(res) == ["0", "2", "4"]
         assert res["2"].emission.shape == (2, 4) and res["2"].absorption.shape == (2, 3)
     finally:
         HANDLERS.remove(Scale)
@@ -524,7 +526,8 @@ def test_layers_off_the_input_path_use_the_slow_path() -> None:
     model = Side().double()
     x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
     res = emission_absorption(model, x, torch.tensor([0, 2]))
-    assert res.unsupported == {"": "Side"}
+    assert res.unsupported == {} and list(res.no_local_gradient) == ["const"]  # held by the root container
+    assert "held directly by Side" in res.no_local_gradient["const"]
     c = model.const.detach().expand(2, -1, -1, -1)  # batch of 1 behind a broadcast: per-sample G sums
     v = model.conv_c(c.contiguous()).detach().requires_grad_()
     loss = F.cross_entropy((model.conv_x(x) * v).mean((2, 3)), torch.tensor([0, 2]), reduction="sum")
@@ -536,6 +539,6 @@ def test_layers_off_the_input_path_use_the_slow_path() -> None:
     emb = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3)).double()
     tokens = torch.tensor([[1, 2, 3], [4, 5, 6]])
     res = emission_absorption(emb, tokens, loss=lambda out, _: out.sum((1, 2)))
-    assert res.unsupported == {"0": "Embedding"} and res["1"].emission.shape == (2, 3)
+    assert res.unsupported == {} and "index lookup" in res.no_local_gradient["0"] and res["1"].emission.shape == (2, 3)
     g = torch.ones(2, 3, 3, dtype=torch.float64)
     assert rel_err(res["1"].emission, g.norm(dim=1) * emb[1].weight.detach().abs().sum(1)) <= TOL

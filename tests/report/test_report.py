@@ -43,9 +43,12 @@ def test_reproduce_report(rep_run):
 
 def test_self_contained(rep_run):
     html = write_report(rep_run, embed_figures=True).read_text(encoding="utf-8")
-    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)
+    # The inlined plotting library holds URLs as strings (its logo link); the page's own markup none.
+    markup = re.sub(r"<script[^>]*>.*?</script>", "", html, flags=re.S)
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', markup)
     assert "@import" not in html and "<link" not in html
     assert html.count('src="data:image/png;base64,') == 4
+    assert "default-src 'none'" in html  # the Content-Security-Policy forbids every other request
 
 
 def test_gradients_report(grad_run):
@@ -88,9 +91,20 @@ def test_cli_report(rep_run, monkeypatch, capsys):
     assert cli.main(["report", str(rep_run)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0] == str(rep_run / "report.html")
-    # Then the claims table: a header and one summary row per claim.
-    assert out[1].split() == ["#", "verdict", "claim"] and len(out) == 2 + 15
+    # Then the claims table: a header, one row per claim the run measured (1-12 for a reproduce
+    # run), and one line naming the others.
+    assert out[1].split() == ["#", "verdict", "claim"] and len(out) == 2 + 12 + 1
+    assert [int(line.split()[0]) for line in out[2:14]] == list(range(1, 13))
+    assert out[-1].startswith("not measured by this run: 13, 14, 15 (needs a gradients run")
     assert (rep_run / "claims.csv").is_file()
+
+
+def test_weak_evidence_is_printed_with_the_verdict(tmp_path, capsys):
+    run = rf.make_gradients_run(tmp_path, n_samples=60, figures=False)
+    assert cli.main(["report", str(run)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:2] in ("13", "14", "15")]
+    assert "(60 images: weak)" in rows[0] and "(60 images: weak)" in rows[1]  # statistical claims
+    assert "weak" not in rows[2]  # claim 15 is an exact identity
 
 
 def test_cli_report_bad_dir(tmp_path, monkeypatch, capsys):

@@ -82,6 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     group.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run (its saved options are used)")
     p.add_argument("--no-report", action="store_true", help="write tables only: no figures, TensorBoard, claims or report (nndist report adds them later)")
+    p.add_argument("--keep-state", action="store_true", help="keep the resume state (state/) after the run has finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_file(ReproduceConfig, args.config, **flags) if args.config is not None else ReproduceConfig(**flags)
         out = args.out or Path("runs/reproduce")
     run_dir = run_reproduce(cfg, out, overwrite=args.overwrite, resume=args.resume is not None,
-                            progress=not args.no_progress, report=not args.no_report)
+                            progress=not args.no_progress, report=not args.no_report, keep_state=args.keep_state)
     print(f"wrote {run_dir}" + ("" if args.no_report else f" (report: {run_dir / 'report.html'})"))
     summarise(run_dir)
     print_claims_of(run_dir)

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import NndistError
 from ..io import atomic_path
+from ..progress import progress_bar
 from .images import ImageData, cache_root, resize_one
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder"]
@@ -161,8 +162,6 @@ def _decode_folder(
     progress: bool,
     workers: int | None,
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     split_dir = root / split
 
     def work(rel: str) -> torch.Tensor | str:
@@ -183,8 +182,8 @@ def _decode_folder(
     bad: dict[str, str] = {}
     shape: tuple[int, ...] | None = None
     first = ""
-    with ThreadPoolExecutor(n_workers) as pool, tqdm(
-        total=len(files), desc=f"decode {root.name}/{split}", unit="img", disable=not progress, leave=False
+    with ThreadPoolExecutor(n_workers) as pool, progress_bar(
+        len(files), f"decode {root.name}/{split}", "img", enabled=progress, leave=False
     ) as bar:
         # Reading and decoding release the GIL; map keeps the sorted order.
         for (rel, label, _, _), out in zip(files, pool.map(work, [f[0] for f in files], chunksize=64)):

@@ -83,6 +83,16 @@ class ImageData:
         s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
         return (x.to(torch.float32) / 255.0 - m) / s
 
+    def pixel_statistics(self, indices: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std (population) of the selected images' [0, 1] pixels, in float64.
+
+        The normalisation a model with no stated one is given (std at least 1e-6).
+        """
+        x = self.images if indices is None else self.images[_as_index(indices)]
+        x = x.to(torch.float64) / 255.0  # (N, C, H, W)
+        std = x.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-6)
+        return tuple(float(v) for v in x.mean(dim=(0, 2, 3))), tuple(float(v) for v in std)
+
     def subset(self, indices: Any) -> "ImageData":
         """The images at ``indices`` (in that order), as a new :class:`ImageData`."""
         idx = _as_index(indices)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..paper import IMAGENET_MEAN, IMAGENET_STD
+from ..progress import progress_bar
 from .registry import get_model_spec
 
 __all__ = ["evaluate"]
@@ -34,13 +35,11 @@ def evaluate(
             already-normalised float inputs ``(N, C, H, W)`` and int labels ``(N,)``.
         batch_size: Images per forward pass.
         device: Where to run; default CUDA if available, else CPU.
-        progress: Show a tqdm progress bar.
+        progress: Show progress (:func:`nndist.progress.progress_bar`).
 
     Returns:
         ``{"top1": percent, "n": count, "loss": mean cross-entropy}``.
     """
-    from tqdm.auto import tqdm
-
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(data, (tuple, list)):
         inputs, labels = data
@@ -66,7 +65,7 @@ def evaluate(
     correct, loss_sum = 0, 0.0
     try:
         with torch.no_grad():
-            bar = tqdm(total=n, desc="evaluate", unit="img", disable=not progress, leave=False)
+            bar = progress_bar(n, "evaluate", "img", enabled=progress, leave=False)
             for lo in range(0, n, batch_size):
                 x, y = batch(lo, min(n, lo + batch_size))
                 logits = model(x)

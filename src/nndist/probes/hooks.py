@@ -24,6 +24,7 @@ def forward_hooks(
     hook: Callable[..., object] | Callable[[nn.Module], Callable[..., object]],
     *,
     per_module: bool = False,
+    with_kwargs: bool = False,
 ) -> Iterator[list[RemovableHandle]]:
     """Registers a forward hook on each module for the duration of the ``with`` block.
 
@@ -33,6 +34,8 @@ def forward_hooks(
             takes it, or, with ``per_module=True``, ``hook(module)`` returning the hook of that
             module.
         per_module: build one hook per module with ``hook(module)``.
+        with_kwargs: the hook also gets the forward's keyword arguments,
+            ``hook(module, args, kwargs, output)``.
 
     Yields:
         The handles (removed when the block exits, normally or by an exception).
@@ -40,7 +43,7 @@ def forward_hooks(
     handles: list[RemovableHandle] = []
     try:
         for m in modules:
-            handles.append(m.register_forward_hook(hook(m) if per_module else hook))  # type: ignore[arg-type]
+            handles.append(m.register_forward_hook(hook(m) if per_module else hook, with_kwargs=with_kwargs))  # type: ignore[arg-type]
         yield handles
     finally:
         for h in handles:

@@ -9,6 +9,7 @@ from typing import Callable
 from ..errors import NndistError
 from ..results import RunDir, layout, load_run
 from .claims import evaluate_claims, write_claims
+from .compare_figures import write_compare_figures
 from .figures import write_figures
 from .figures_gradients import write_gradient_figures
 from .html import write_report
@@ -22,6 +23,7 @@ FIGURES: dict[str, Callable[[RunDir], list[Path]]] = {
     layout.REPRODUCE: write_figures,
     layout.GRADIENTS: write_gradient_figures,
     layout.MONITOR: write_monitor_figures,
+    layout.COMPARE: write_compare_figures,
 }
 
 
@@ -52,14 +54,14 @@ def finish_run_directory(run_dir: str | Path, *, figures: bool = False) -> None:
     write_report(run_dir)
 
 
-def report_run(run_dir: str | Path, *, embed_figures: bool = False, redraw: bool = False, tensorboard: bool = False) -> tuple[Path, list[str]]:
+def report_run(run_dir: str | Path, *, embed_figures: bool = False, redraw: bool = False, tensorboard: bool = True) -> tuple[Path, list[str]]:
     """``nndist report``: claims.csv and report.html for a run directory (figures drawn if missing).
 
     Args:
         run_dir: a ``reproduce`` or ``gradients`` run directory, finished or not.
         embed_figures: embed the figures in the page as base64.
         redraw: redraw the figures even if ``figures/`` exists.
-        tensorboard: also rebuild the TensorBoard events.
+        tensorboard: also rebuild the TensorBoard events (skipped, with a note, without tensorboard).
 
     Returns:
         The report's path and notes for the user (figures that could not be drawn).
@@ -83,5 +85,8 @@ def report_run(run_dir: str | Path, *, embed_figures: bool = False, redraw: bool
     write_claims(run.path, claims)
     path = write_report(run.path, embed_figures=embed_figures, claims=claims)
     if tensorboard:
-        write_tensorboard(run.path)
+        try:
+            write_tensorboard(run.path)
+        except NndistError as exc:  # tensorboard is an optional extra
+            notes.append(f"TensorBoard events not written: {exc}")
     return path, notes

@@ -8,6 +8,7 @@ the same names and a test checks that the two agree.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 __all__ = [
     "AFTER",
@@ -19,8 +20,8 @@ __all__ = [
     "FIGURES_DIR",
     "FIGURE_FORMATS",
     "GRADIENTS",
+    "KIND_FIGURES",
     "KINDS",
-    "LOCK",
     "MANIFEST",
     "MONITOR",
     "PER_SAMPLE_DIR",
@@ -34,6 +35,9 @@ __all__ = [
     "epoch_stage",
     "figure_file",
     "layer_file_stem",
+    "lock_file",
+    "retired_dir",
+    "staging_dir",
     "parse_run_key",
     "PART_DIGITS",
     "part_file",
@@ -61,22 +65,44 @@ STATE_DIR = "state"
 PER_SAMPLE_DIR = "per_sample"
 PER_SAMPLE_ORDER = f"{PER_SAMPLE_DIR}/order.npy"
 CHANNEL_NORMS = "channel_norms.npz"
-#: Held (locked) by the process that writes the run directory.
-LOCK = ".nndist.lock"
 #: Resume state of each kind of run.
 STATE_FILES: dict[str, str] = {REPRODUCE: f"{STATE_DIR}/train.pt", GRADIENTS: f"{STATE_DIR}/gradients.pt"}
 
 #: Formats of the static figures: the paper's figures in PNG and SVG, per-layer figures in PNG.
 FIGURE_FORMATS: dict[str, tuple[str, ...]] = {
     "fig1_loss": ("png", "svg"), "fig2_weights": ("png", "svg"), "fig3_features": ("png", "svg"),
-    "evolution": ("png", "svg"), "fig4": ("png",), "heatmap": ("png",),
+    "evolution": ("png", "svg"), "overview": ("png", "svg"), "fig4": ("png",), "heatmap": ("png",),
+    "compare_shift": ("png", "svg"), "compare_histograms": ("png", "svg"),
     # monitor runs: one figure per table (``_<table>``), drawn for every watched layer
     "bands": ("png",), "std_heatmap": ("png",), "last_histograms": ("png",), "channel_gradients": ("png",),
+}
+#: The static figures of each kind of run (names of :data:`FIGURE_FORMATS`).
+KIND_FIGURES: dict[str, tuple[str, ...]] = {
+    REPRODUCE: ("fig1_loss", "fig2_weights", "fig3_features", "evolution"),
+    GRADIENTS: ("overview", "fig4", "heatmap"),
+    COMPARE: ("compare_shift", "compare_histograms"),
+    MONITOR: ("bands", "std_heatmap", "last_histograms", "channel_gradients"),
 }
 
 #: Stages of the distributions of a reproduce run; ``epoch_K`` lies between them.
 BEFORE, AFTER = "before", "after"
 _EPOCH = re.compile(r"^epoch_(\d+)$")
+
+
+def lock_file(run_dir: Path) -> Path:
+    """The lock held by the process writing ``run_dir``: a hidden file beside it (the directory
+    itself may be replaced by an ``--overwrite`` run)."""
+    return run_dir.parent / f".{run_dir.name}.nndist-lock"
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where an ``--overwrite`` run writes until it has finished; then it replaces ``run_dir``."""
+    return run_dir.parent / f".{run_dir.name}.nndist-new"
+
+
+def retired_dir(run_dir: Path) -> Path:
+    """Where the replaced results wait, for the moment of the swap, before they are deleted."""
+    return run_dir.parent / f".{run_dir.name}.nndist-old"
 
 
 def table_file(name: str) -> str:

@@ -76,7 +76,7 @@ class RunDir:
         named = cfg.get("layers") if isinstance(cfg.get("layers"), list) else None
         if named is None and isinstance(self.manifest.get("layers"), dict):
             named = list(self.manifest["layers"])
-        seen = list(dict.fromkeys(df["layer"].astype(str))) if df is not None and "layer" in df else []
+        seen = [str(x) for x in pd.unique(df["layer"])] if df is not None and "layer" in df else []  # first-seen order
         if named:
             named = [str(x) for x in named]
             return [x for x in named if not seen or x in seen] + [x for x in seen if x not in named]

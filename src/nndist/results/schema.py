@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..stats.summary import SUMMARY_COLUMNS
-from .layout import GRADIENTS, MONITOR, REPRODUCE
+from ..stats.weightstats import COMPARE_COLUMNS
+from .layout import COMPARE, GRADIENTS, MONITOR, REPRODUCE
 
 __all__ = ["COLUMN_TYPES", "HISTOGRAM_COLUMNS", "SUMMARY_COLUMNS", "TABLES", "TableSpec", "arrow_schema", "columns", "spec"]
 
@@ -57,6 +58,13 @@ TABLES: dict[str, dict[str, TableSpec]] = {
         "features": TableSpec(("step", "layer", "channel"), SUMMARY_COLUMNS, order="step"),
         "gradients": TableSpec(("step", "layer", "channel", "stat"), SUMMARY_COLUMNS, order="step"),
         "histograms": TableSpec(("table", "step", "layer", "param"), ("left", "right", "count"), order="step"),
+    },
+    COMPARE: {
+        # a, b: the labels of the pair's sources (manifest "sources"); status: what the row holds
+        # (nndist.stats.weightstats.COMPARE_STATUSES); rows ranked most changed first.
+        "compare": TableSpec(("a", "b", "tensor"), COMPARE_COLUMNS[1:] + ("status",)),
+        # The histogram of every summarised tensor of every source, on the fixed global edges.
+        "histograms": TableSpec(("source", "tensor"), HISTOGRAM_COLUMNS[7:]),
     },
 }
 

@@ -8,10 +8,14 @@ package versions and times of every manifest.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
+import os
 import platform
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from . import layout
 from .schema import TABLES
 from .state import load_state, save_state
 
-__all__ = ["RunWriter", "utc_now", "versions"]
+__all__ = ["RunLock", "RunWriter", "utc_now", "versions"]
 
 
 def versions() -> dict[str, str]:
@@ -85,47 +89,78 @@ class RunWriter:
     def __init__(self, path: str | Path, kind: str) -> None:
         if kind not in layout.KINDS:
             raise ValueError(f"unknown run kind {kind!r}; known: {', '.join(layout.KINDS)}")
-        self.path = Path(path)
+        self.target = Path(path)  # where the run's results end up
+        self.path = self.target  # where files are written now: the staging folder of an --overwrite run
         self.kind = kind
+        self._lock: RunLock | None = None
 
     def file(self, rel: str) -> Path:
-        """The absolute path of a file named by :mod:`.layout`."""
+        """The absolute path of a file named by :mod:`.layout` (in the folder being written)."""
         return self.path / rel
 
     # ------------------------------------------------------------------ the directory
     def prepare(self, *, overwrite: bool, resume: bool) -> dict[str, Any] | None:
-        """Checks that the directory may be written: new, empty, or allowed by ``overwrite``/``resume``.
+        """Locks the run directory and checks that it may be written.
+
+        A new or empty directory is written in place. With ``overwrite`` a non-empty one stays as
+        it is until the new run has finished: the new run writes into a staging folder beside it
+        (:func:`~nndist.results.layout.staging_dir`) and :meth:`commit` swaps it in, so an
+        interrupted or killed ``--overwrite`` run leaves the old results intact. The lock
+        (:class:`RunLock`) is held until :meth:`release`, or until the process dies.
 
         Returns:
             The previous manifest when resuming, else None.
 
         Raises:
-            NndistError: not a directory, not writable, not empty (without a flag), or (resume)
-                no manifest or one of another kind.
+            NndistError: another process holds the directory; not a directory, not writable, not
+                empty (without a flag), or (resume) no manifest or one of another kind.
         """
-        out = self.path
+        out = self.target
         if out.exists() and not out.is_dir():
             raise NndistError(f"output path {out} exists and is not a directory; choose another --out")
-        if resume:
-            manifest = self.read_manifest()
-            if manifest is None:
-                raise NndistError(f"--resume {out}: no {layout.MANIFEST} there, so it is not a run directory to resume")
-            if manifest.get("kind") != self.kind:
-                raise NndistError(f"--resume {out}: it is a {manifest.get('kind')!r} run, not a {self.kind} run")
-            clean_temporaries(out)
-            return manifest
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                raise NndistError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue it")
-            shutil.rmtree(out)
+        self._lock = RunLock.acquire(out)
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".nndist-write-probe"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise NndistError(f"output directory {out} is not writable ({exc.strerror}); choose another --out") from None
+            _finish_interrupted_swap(out)
+            if resume:
+                manifest = self.read_manifest()
+                if manifest is None:
+                    raise NndistError(f"--resume {out}: no {layout.MANIFEST} there, so it is not a run directory to resume")
+                if manifest.get("kind") != self.kind:
+                    raise NndistError(f"--resume {out}: it is a {manifest.get('kind')!r} run, not a {self.kind} run")
+                clean_temporaries(out)
+                return manifest
+            if out.exists() and any(out.iterdir()):
+                if not overwrite:
+                    raise NndistError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue it")
+                staging = layout.staging_dir(out)
+                shutil.rmtree(staging, ignore_errors=True)  # an earlier --overwrite run that did not finish
+                self.path = staging
+            _make_writable(self.path, out)
+        except BaseException:
+            self.release()
+            raise
         return None
+
+    def commit(self) -> None:
+        """The run has finished: an ``--overwrite`` run's results replace the old ones now."""
+        if self.path == self.target:
+            return
+        retired = layout.retired_dir(self.target)
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(self.target, retired)
+        os.replace(self.path, self.target)  # between the two renames, _finish_interrupted_swap recovers
+        self.path = self.target
+        shutil.rmtree(retired, ignore_errors=True)
+
+    def release(self) -> None:
+        """Releases the run directory's lock (also released by the OS if the process dies)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def remove_state(self) -> None:
+        """Deletes the resume state of a completed run."""
+        shutil.rmtree(self.file(layout.STATE_DIR), ignore_errors=True)
 
     # ------------------------------------------------------------------ manifest
     def read_manifest(self) -> dict[str, Any] | None:
@@ -181,10 +216,10 @@ class RunWriter:
         with atomic_path(self.file(rel)) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
 
-    def write_arrays(self, rel: str, arrays: Mapping[str, np.ndarray]) -> None:
-        """One ``.npz`` file of named arrays."""
+    def write_arrays(self, rel: str, arrays: Mapping[str, np.ndarray], *, compressed: bool = False) -> None:
+        """One ``.npz`` file of named arrays (deflated with ``compressed``)."""
         with atomic_path(self.file(rel)) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
 
     def write_checkpoint(self, key: str, stage: str, model: nn.Module, config: Mapping[str, Any]) -> Path:
         """A run's checkpoint at a stage, as safetensors with ``config`` in the metadata."""
@@ -204,3 +239,82 @@ class RunWriter:
         if not self.state_path.is_file():
             return None
         return load_state(self.state_path, versions, "training" if self.kind == layout.REPRODUCE else self.kind)
+
+
+def _make_writable(path: Path, out: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".nndist-write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise NndistError(f"output directory {out} is not writable ({exc.strerror}); choose another --out") from None
+
+
+def _finish_interrupted_swap(out: Path) -> None:
+    """Completes a swap that a killed process left half done (see :meth:`RunWriter.commit`)."""
+    retired, staging = layout.retired_dir(out), layout.staging_dir(out)
+    if not retired.exists():
+        return
+    if not out.exists() and staging.exists():
+        os.replace(staging, out)  # the new run had finished: its results go in
+    if out.exists():
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(retired, out)  # nothing to swap in: the old results come back
+
+
+class RunLock:
+    """An exclusive ``flock`` on the file beside a run directory (:func:`~nndist.results.layout.lock_file`).
+
+    The OS releases it when the process dies, so a killed run never blocks the next one. The file
+    holds the owner's pid, command and start time, for the message another process gets.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> "RunLock":
+        """Takes the lock of ``run_dir``, or raises naming the process that holds it."""
+        path = layout.lock_file(run_dir)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NndistError(f"output directory {run_dir} is not writable ({exc.strerror}); choose another --out") from None
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise NndistError(f"output directory {run_dir} is not writable ({exc.strerror}); choose another --out") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 4096).decode("utf-8", "replace")
+                os.close(fd)
+                raise NndistError(
+                    f"output directory {run_dir} is in use by another nndist process ({_owner(owner)}); "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            # The file may have been removed by its last owner between our open and our lock.
+            if os.path.exists(path) and os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "command": " ".join(sys.argv),
+                                 "started": utc_now()}).encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _owner(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on {info['host']}, {info['command']!r}, started {info['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "owner unknown"

@@ -12,27 +12,37 @@ chunk, so a killed run continues with ``resume=True`` from the last completed ch
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from torch import nn
 
 from .. import dist
 from ..data import load_split, resolve_samples, stratified_subset
 from ..errors import NndistError
-from ..models import get_model_spec, load_model
-from ..probes.gradients import emission_absorption
+from ..probes.gradients import check_layers, emission_absorption
+from ..progress import progress_bar
 from ..report import draw_figures, finish_run_directory
 from ..results import RunWriter, layout, utc_now, versions
 from ..results.state import pack_summaries, unpack_summaries
 from ..stats import Summary, merge_to_main
+from .gradient_config import (
+    MATRIX_AUTO_LIMIT,
+    GradientsConfig,
+    chosen_layers,
+    fingerprint,
+    fit_to_data,
+    measured_model,
+    model_name,
+    model_spec,
+    select_names,
+)
 from .options import study_config, study_device
 
 __all__ = ["GradientStudy", "GradientsConfig", "run_gradients"]
@@ -40,57 +50,6 @@ __all__ = ["GradientStudy", "GradientsConfig", "run_gradients"]
 STATS = ("emission", "absorption")
 STATE_VERSION = 3  # 3: summaries packed (2: as state dicts; still read)
 STATE_VERSIONS = (2, 3)
-
-
-@dataclass
-class GradientsConfig:
-    """Configuration of a ``gradients`` run (saved in the manifest).
-
-    Attributes:
-        model: registered model name (``cifar_resnet20``, ``torchvision:resnet50``, ``paper_cnn``...).
-        weights: checkpoint path or torchvision weights name (None: random initialisation).
-        data: ``cifar10``, ``shapes`` or an image folder path.
-        split: ``train`` or ``test``.
-        samples: number of samples (int or ``"all"``), a class-stratified subset.
-        batch_size: samples per batch.
-        layers: module names (None: every handled layer).
-        loss: ``cross_entropy`` or ``logit``.
-        per_sample: keep per-sample values as memory-mapped arrays.
-        seed: subset seed.
-        device: ``cpu``, ``cuda`` or ``auto``.
-        relative_accuracy: quantile-sketch accuracy of the per-channel summaries.
-        chunk_batches: batches per saved chunk (the resume granularity).
-        skip_bad_images: skip unreadable images (listed in the manifest).
-    """
-
-    model: str = "cifar_resnet20"
-    weights: str | None = None
-    data: str = "cifar10"
-    split: str = "test"
-    samples: int | str = "all"
-    batch_size: int = 128
-    layers: tuple[str, ...] | None = None
-    loss: str = "cross_entropy"
-    per_sample: bool = True
-    seed: int = 0
-    device: str = "auto"
-    relative_accuracy: float = 0.01
-    chunk_batches: int = 20
-    skip_bad_images: bool = False
-
-    def check(self) -> None:
-        """Raises a clear error for a value that cannot work."""
-        if self.split not in ("train", "test"):
-            raise NndistError(f"--split must be train or test, got {self.split!r}")
-        if self.loss not in ("cross_entropy", "logit"):
-            raise NndistError(f"--loss must be cross_entropy or logit, got {self.loss!r}")
-        if self.batch_size < 1:
-            raise NndistError(f"--batch-size must be a positive integer, got {self.batch_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["layers"] = list(self.layers) if self.layers is not None else None
-        return d
 
 
 class GradientStudy:
@@ -104,21 +63,36 @@ class GradientStudy:
         config.check()
         self.cfg = cfg = config
         self.writer = RunWriter(out_dir, layout.GRADIENTS)
-        self.out = self.writer.path
         self.dist = dist.setup(cfg.device)
         self.device = study_device(cfg.device, self.dist)
         self.progress = progress
         self.started = utc_now()
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        spec = get_model_spec(cfg.model)
-        self.data = load_split(cfg.data, cfg.split, resize=spec.resize, skip_bad_images=cfg.skip_bad_images, progress=progress)
+        # Names first (model, layers), then the data: a bad name never waits for a download.
+        spec = model_spec(cfg)
+        model, self.notices = measured_model(cfg)
+        check_layers(model, chosen_layers(cfg, model))
+        self.data = load_split(cfg.data, cfg.split, image_size=cfg.image_size, resize=spec.resize if spec else "cifar",
+                               skip_bad_images=cfg.skip_bad_images, progress=progress)
         n = resolve_samples(cfg.samples, len(self.data.labels), option="--samples", what=f"the {cfg.split} split of {cfg.data}")
         self.indices = stratified_subset(self.data.labels, "all" if cfg.samples == "all" else n, seed=cfg.seed)
-        self.mean, self.std = spec.mean, spec.std
-        model, _ = load_model(cfg.model, cfg.weights, num_classes=max(len(self.data.classes), 1))
+        model, notes = fit_to_data(model, cfg, max(len(self.data.classes), 1))
+        self.notices += notes
+        if cfg.mean is not None and cfg.std is not None:
+            self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
+        elif spec is not None:
+            self.mean, self.std = spec.mean, spec.std
+        else:
+            self.mean, self.std = self.data.pixel_statistics(self.indices)
+            self.notices.append("normalised with the data's own per-channel mean and std (of the selected images; pass mean= and std= to choose)")
+        # A user's own module gets its train/eval flags back when the run ends.
+        self._modes = [(m, m.training) for m in model.modules()] if isinstance(cfg.model, nn.Module) else []
         self.model = model.to(self.device).eval()
-        self.layers, self.unsupported = self._probe_layers()
+        self.fingerprint = fingerprint(self.model)
+        self.layers, self.unsupported, self.no_local_gradient = self._probe_layers()
+        self.matrices = select_names(cfg.channel_matrices, list(self.layers), what="channel_matrices",
+                                     auto=lambda name: self.layers[name]["c_out"] * self.layers[name]["c_in"] <= MATRIX_AUTO_LIMIT)
         self.timings["setup"] = time.perf_counter() - t0
         self.summaries: dict[tuple[str, str], Summary] = {}
         self.norm_sum: dict[str, np.ndarray] = {}
@@ -126,18 +100,27 @@ class GradientStudy:
         self.totals_maxrel = 0.0
         self.arrays: dict[tuple[str, str], np.ndarray] = {}
         self._fresh_state()
+        if self.progress and self.dist.is_main:
+            for note in self.notices:
+                print(f"nndist gradients: note: {note}", file=sys.stderr)
 
-    def _probe_layers(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    def _measure_batch(self, x: torch.Tensor, y: torch.Tensor, layers: Any) -> Any:
+        cfg = self.cfg
+        targets = y if cfg.loss == "cross_entropy" else None
+        return emission_absorption(self.model, x, targets, loss=cfg.loss, layers=layers, definition=cfg.definition)
+
+    def _probe_layers(self) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, str]]:
         """One probe batch tells which layers are handled and their channel counts."""
-        x, y = self._batch(self.indices[:2])
-        probe = emission_absorption(self.model, x, y if self.cfg.loss == "cross_entropy" else None, loss=self.cfg.loss, layers=self.cfg.layers)
+        probe = self._measure_batch(*self._batch(self.indices[:2]), chosen_layers(self.cfg, self.model))
         modules = dict(self.model.named_modules())
-        layers = {name: {"type": type(modules[name]).__name__, "c_out": int(r.emission.shape[1]), "c_in": int(r.absorption.shape[1])}
+        layers = {name: {"type": type(modules[name]).__name__ if name in modules else "projection",
+                         "c_out": int(r.norm_sum.shape[0]), "c_in": int(r.norm_sum.shape[1]),
+                         "channels": {"emission": int(r.emission.shape[1]), "absorption": int(r.absorption.shape[1])}}
                   for name, r in probe.items()}
         unsupported = dict(getattr(probe, "unsupported", {}))
         if not layers:
-            raise NndistError(f"model {self.cfg.model} has no Conv2d or Linear layer to measure (unsupported: {unsupported})")
-        return layers, unsupported
+            raise NndistError(f"model {model_name(self.cfg.model)} has no layer with a channel-to-channel map to measure (unsupported: {unsupported})")
+        return layers, unsupported, dict(getattr(probe, "no_local_gradient", {}))
 
     def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.data.normalized(self.mean, self.std, indices=idx, device=self.device)
@@ -146,15 +129,15 @@ class GradientStudy:
     def _fresh_state(self) -> None:
         ra = self.cfg.relative_accuracy
         self.summaries = {
-            (name, stat): Summary(channels=info["c_out" if stat == "emission" else "c_in"], relative_accuracy=ra)
+            (name, stat): Summary(channels=info["channels"][stat], relative_accuracy=ra)
             for name, info in self.layers.items()
             for stat in STATS
         }
-        self.norm_sum = {name: np.zeros((info["c_out"], info["c_in"])) for name, info in self.layers.items()}
+        self.norm_sum = {name: np.zeros((self.layers[name]["c_out"], self.layers[name]["c_in"])) for name in self.matrices}
         self.totals_maxrel = 0.0
 
     # ------------------------------------------------------------------ the run
-    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True) -> Path:
+    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True, keep_state: bool = False) -> Path:
         """Measures every batch and writes the run directory; returns it."""
         main = self.dist.is_main
         error = None
@@ -164,24 +147,40 @@ class GradientStudy:
                 self.started = (old or {}).get("started") or self.started
             except NndistError as exc:
                 error = str(exc)
-        dist.raise_on_every_rank(error, self.dist)
-        resumed = bool(resume and main and self._load_state())
-        self.done = int(dist.broadcast_from_main(self.done, self.dist))
-        if main:
-            self._open_arrays(create=not resumed)
-            self.writer.write_manifest(self._manifest(False))
-        t1 = time.perf_counter()
-        self._measure_all()
-        self.timings["measure"] = time.perf_counter() - t1
-        self.timings["samples_per_s"] = (len(self.indices) / self.timings["measure"]) if self.timings["measure"] > 0 else float("nan")
-        if main:
-            self._write_outputs()
-            if report:
-                draw_figures(self.out)
-                finish_run_directory(self.out)
-            self.writer.write_manifest(self._manifest(True))
-        dist.barrier(self.dist)
+        try:
+            dist.raise_on_every_rank(error, self.dist)
+            resumed = bool(resume and main and self._load_state())
+            self.done = int(dist.broadcast_from_main(self.done, self.dist))
+            if main:
+                self._open_arrays(create=not resumed)
+                self.writer.write_manifest(self._manifest(False))
+            t1 = time.perf_counter()
+            self._measure_all()
+            self.timings["measure"] = time.perf_counter() - t1
+            self.timings["samples_per_s"] = (len(self.indices) / self.timings["measure"]) if self.timings["measure"] > 0 else float("nan")
+            if main:
+                self._write_outputs()
+                self.writer.write_manifest(self._manifest(True))
+                self.writer.commit()
+                if report:
+                    t0 = time.perf_counter()
+                    draw_figures(self.out)
+                    finish_run_directory(self.out)
+                    self.timings["report"] = time.perf_counter() - t0
+                    self.writer.write_manifest(self._manifest(True))
+                if not keep_state:
+                    self.writer.remove_state()
+            dist.barrier(self.dist)
+        finally:
+            self.writer.release()
+            for module, training in self._modes:
+                module.training = training
         return self.out
+
+    @property
+    def out(self) -> Path:
+        """The run directory (until an ``--overwrite`` run finishes, the staging folder it writes to)."""
+        return self.writer.path
 
     def _measure_all(self) -> None:
         main = self.dist.is_main
@@ -190,7 +189,7 @@ class GradientStudy:
         # Batch j goes to rank j % world: every sample is computed in the same batch as in a
         # single process, so per-sample values are identical whatever the number of ranks.
         chunk = max(1, self.cfg.chunk_batches // world) * world
-        bar = tqdm(total=n, initial=min(n, self.done * bs), desc="emission/absorption", unit="img", disable=not (self.progress and main))
+        bar = progress_bar(n, "emission/absorption", "img", enabled=self.progress and main, initial=min(n, self.done * bs))
         try:
             while self.done < n_batches:
                 chunk_end = min(n_batches, self.done + chunk)
@@ -216,17 +215,18 @@ class GradientStudy:
         cfg = self.cfg
         start, stop = batch * cfg.batch_size, min(len(self.indices), (batch + 1) * cfg.batch_size)
         x, y = self._batch(self.indices[start:stop])
-        res = emission_absorption(self.model, x, y if cfg.loss == "cross_entropy" else None, loss=cfg.loss, layers=list(self.layers))
+        res = self._measure_batch(x, y, list(self.layers))
         per_sample: dict[tuple[str, str], np.ndarray] = {}
         for name, r in res.items():
             em = r.emission.detach().to("cpu", torch.float64)
             ab = r.absorption.detach().to("cpu", torch.float64)
             self.summaries[(name, "emission")].update(em)
             self.summaries[(name, "absorption")].update(ab)
-            self.norm_sum[name] += r.norm_sum.detach().to("cpu", torch.float64).numpy()
+            if name in self.norm_sum:
+                self.norm_sum[name] += r.norm_sum.detach().to("cpu", torch.float64).numpy()
             tot_em, tot_ab = em.sum(1), ab.sum(1)
             finite = torch.isfinite(tot_em) & torch.isfinite(tot_ab)
-            if finite.any():
+            if cfg.definition == "paper" and finite.any():  # the identity of the paper's definition
                 rel = ((tot_em - tot_ab).abs() / tot_em.abs().clamp_min(1e-30))[finite].max().item()
                 self.totals_maxrel = max(self.totals_maxrel, rel)
             if cfg.per_sample:
@@ -262,7 +262,7 @@ class GradientStudy:
             return
         for name, info in self.layers.items():
             for stat in STATS:
-                c = info["c_out" if stat == "emission" else "c_in"]
+                c = info["channels"][stat]
                 self.arrays[(name, stat)] = self.writer.per_sample_array(name, stat, (len(self.indices), c), create=create)
 
     def _save_state(self) -> None:
@@ -272,6 +272,7 @@ class GradientStudy:
             "version": STATE_VERSION,
             "config": json.dumps(self.cfg.to_dict()),
             "done": self.done,
+            "fingerprint": self.fingerprint,
             "summaries": pack_summaries(self.summaries),
             "norm_sum": {k: torch.from_numpy(v) for k, v in self.norm_sum.items()},
             "totals_maxrel": self.totals_maxrel,
@@ -283,6 +284,9 @@ class GradientStudy:
             return False
         if json.loads(state["config"]) != self.cfg.to_dict():
             raise NndistError(f"--resume {self.out}: options differ from the interrupted run; resume with the same options")
+        if state.get("fingerprint", self.fingerprint) != self.fingerprint:
+            raise NndistError(f"--resume {self.out}: the model is not the one the run started with (its parameters differ); "
+                              "resume with the same model and weights, or start again with --overwrite")
         self.summaries = unpack_summaries(state["summaries"])
         self.norm_sum = {k: v.numpy().copy() for k, v in state["norm_sum"].items()}
         self.done = int(state["done"])
@@ -293,11 +297,16 @@ class GradientStudy:
         return {
             "config": self.cfg.to_dict(),
             "versions": versions(),
-            "model": self.cfg.model,
+            "model": model_name(self.cfg.model),
+            "random_weights": self.cfg.weights is None and isinstance(self.cfg.model, str),
+            "model_fingerprint": self.fingerprint,
+            "notices": self.notices,
             "device": str(self.device),
             "normalisation": {"mean": list(self.mean), "std": list(self.std)},
             "layers": self.layers,
             "unsupported": self.unsupported,
+            "no_local_gradient": self.no_local_gradient,
+            "channel_matrices": self.matrices,
             "n_samples": len(self.indices),
             "done_samples": min(len(self.indices), self.done * self.cfg.batch_size),
             "sample_order": [int(i) for i in self.indices],
@@ -320,7 +329,7 @@ class GradientStudy:
         if self.cfg.per_sample:
             self.writer.write_array(layout.PER_SAMPLE_ORDER, np.asarray(self.indices, dtype=np.int64))
         n = max(len(self.indices), 1)
-        self.writer.write_arrays(layout.CHANNEL_NORMS, {name: m / n for name, m in self.norm_sum.items()})
+        self.writer.write_arrays(layout.CHANNEL_NORMS, {name: (m / n).astype(np.float32) for name, m in self.norm_sum.items()}, compressed=True)
 
 
 def run_gradients(
@@ -331,6 +340,7 @@ def run_gradients(
     resume: bool = False,
     progress: bool = True,
     report: bool = True,
+    keep_state: bool = False,
 ) -> Path:
     """Measures per-channel Emission and Absorption over a dataset and writes a run directory.
 
@@ -342,9 +352,10 @@ def run_gradients(
         resume: continue an interrupted run from its last completed chunk.
         progress: show a progress bar with samples/s.
         report: also draw the figures and write TensorBoard events, claims and the HTML report.
+        keep_state: keep the resume state (``state/``) of the completed run (default: delete it).
 
     Returns:
         The run directory.
     """
     config = study_config(GradientsConfig, config, out_dir, resume=resume, kind=layout.GRADIENTS)
-    return GradientStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report)
+    return GradientStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report, keep_state=keep_state)

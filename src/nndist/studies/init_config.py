@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from torch import nn
+
 from ..data import load_split, random_inputs, resolve_samples, stratified_subset
 from ..errors import NndistError
-from ..models import get_model_spec
+from ..models import build_model, get_model_spec
 from ..paper import PAPER_BATCH_SIZE, PAPER_INITS, PAPER_LAYERS, PAPER_LR, PAPER_WEIGHT_DECAY, PROFILES
 
-__all__ = ["ReproduceConfig", "StudyData", "load_study_data"]
+__all__ = ["ReproduceConfig", "StudyData", "build_run_model", "factory_name", "load_study_data"]
 
 
 @dataclass
@@ -30,7 +32,9 @@ class ReproduceConfig:
     Attributes:
         profile: ``quick`` or ``paper``; supplies defaults for epochs and subset sizes.
         data: ``cifar10``, ``shapes`` or a path to an image folder with train/ and test/.
-        model: a registered model name (default the paper's CNN).
+        model: a registered model name (default the paper's CNN), or a callable that returns a
+            fresh ``nn.Module`` when called with no arguments (one per scheme and seed, then
+            initialised by the scheme; normalisation then from ``mean``/``std`` or the data).
         inits: initialisation schemes (registry names).
         layers: module names whose distributions are studied.
         epochs: training epochs.
@@ -57,7 +61,7 @@ class ReproduceConfig:
 
     profile: str = "quick"
     data: str = "cifar10"
-    model: str = "paper_cnn"
+    model: Any = "paper_cnn"
     inits: tuple[str, ...] = PAPER_INITS
     layers: tuple[str, ...] = PAPER_LAYERS
     epochs: int | None = None
@@ -107,13 +111,38 @@ class ReproduceConfig:
             raise NndistError(f"--inits lists a scheme twice: {','.join(cfg.inits)}")
         if cfg.lr <= 0:
             raise NndistError(f"--lr must be positive, got {cfg.lr}")
+        if not (isinstance(cfg.model, str) or callable(cfg.model)):
+            raise NndistError(f"model must be a registered name or a callable returning an nn.Module, got {type(cfg.model).__name__}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for key in ("inits", "layers", "from_profile"):
-            d[key] = list(getattr(self, key))
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model"] = factory_name(self.model)
+        for key in ("inits", "layers", "from_profile", "mean", "std"):
+            if d[key] is not None:
+                d[key] = list(d[key])
         return d
+
+
+def factory_name(model: Any) -> str:
+    """How a config names its model: the registry name, or ``callable:<qualified name>``."""
+    if isinstance(model, str):
+        return model
+    return f"callable:{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', type(model).__name__)}"
+
+
+def build_run_model(cfg: ReproduceConfig, num_classes: int) -> nn.Module:
+    """A fresh model of the study: by name for the data's classes, or from the config's callable.
+
+    Raises:
+        NndistError: the callable does not return an ``nn.Module``.
+    """
+    if isinstance(cfg.model, str):
+        return build_model(cfg.model, num_classes)
+    model = cfg.model()
+    if not isinstance(model, nn.Module):
+        raise NndistError(f"the model factory {factory_name(cfg.model)} returned {type(model).__name__}, not an nn.Module")
+    return model
 
 
 @dataclass
@@ -154,9 +183,7 @@ def load_study_data(cfg: ReproduceConfig, device: torch.device, *, progress: boo
         NndistError: an unknown model or data source, a subset larger than the data (given
             explicitly), or normalisation values that make inputs non-finite.
     """
-    spec = get_model_spec(cfg.model)
-    mean = tuple(float(v) for v in (cfg.mean if cfg.mean is not None else spec.mean))
-    std = tuple(float(v) for v in (cfg.std if cfg.std is not None else spec.std))
+    spec = get_model_spec(cfg.model) if isinstance(cfg.model, str) else None
     t0 = time.perf_counter()
     train = load_split(cfg.data, "train", skip_bad_images=cfg.skip_bad_images, progress=progress)
     valid = load_split(cfg.data, "test", skip_bad_images=cfg.skip_bad_images, progress=progress)
@@ -165,6 +192,13 @@ def load_study_data(cfg: ReproduceConfig, device: torch.device, *, progress: boo
         n = resolve_samples(getattr(cfg, name), len(split.labels), option=f"--{name.replace('_', '-')}",
                             what=f"the {split.split} split of {cfg.data}", from_default=name in cfg.from_profile)
         indices[name] = stratified_subset(split.labels, "all" if n == len(split.labels) else n, seed=cfg.seed)
+    if cfg.mean is not None and cfg.std is not None:
+        mean, std = tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+    elif spec is not None:
+        mean = tuple(float(v) for v in (cfg.mean if cfg.mean is not None else spec.mean))
+        std = tuple(float(v) for v in (cfg.std if cfg.std is not None else spec.std))
+    else:  # a user's model: the training images' own statistics
+        mean, std = train.pixel_statistics(indices["train_samples"])
     train_idx, valid_idx = indices["train_samples"], indices["valid_samples"]
     x_valid = valid.normalized(mean, std, indices=valid_idx, device=device)
     data = StudyData(

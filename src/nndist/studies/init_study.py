@@ -24,19 +24,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import dist
 from ..errors import NndistError
 from ..inits import INITS, init_model
-from ..models import build_model
+from ..models import get_model_spec
 from ..probes import layer_modules
+from ..progress import progress_bar
 from ..report import draw_figures, finish_run_directory
 from ..results import RunWriter, layout, utc_now, versions
 from ..results.state import TableChunks, decode_chunks, from_saved, pack_summaries, unpack_summaries
 from ..stats import Summary, ks_distance, wasserstein
 from ..stats.tables import feature_summaries, histogram_rows, summary_row, weight_summaries
-from .init_config import ReproduceConfig, StudyData, load_study_data
+from .init_config import ReproduceConfig, StudyData, build_run_model, factory_name, load_study_data
 from .options import study_config, study_device
 from .training import RunSet, evaluate_runs, load_optimizer_state, run_adam
 
@@ -96,7 +96,6 @@ class InitStudy:
     def __init__(self, config: ReproduceConfig, out_dir: str | Path, *, progress: bool = True) -> None:
         self.cfg = config.resolve()
         self.writer = RunWriter(out_dir, layout.REPRODUCE)
-        self.out = self.writer.path
         self.dist = dist.setup(self.cfg.device)
         self.device = study_device(self.cfg.device, self.dist)
         self.progress = progress and self.dist.is_main
@@ -113,38 +112,47 @@ class InitStudy:
         self.timings: dict[str, float] = {}
         self.started = utc_now()
         self.pos = Progress()
+        self._check_names()  # before the data: a bad name never waits for a download
         self.data: StudyData = load_study_data(self.cfg, self.device, progress=self.progress)
         self.timings["load_data"] = self.data.seconds
         self.runs = self._build_runs()
         self.opt = run_adam(self.runs, self.cfg.lr, self.cfg.weight_decay) if self.runs is not None else None
 
+    def _check_names(self) -> None:
+        """Init schemes, the model and the studied layers, checked before anything is loaded."""
+        for init in self.cfg.inits:
+            INITS.get(init)  # an unknown scheme lists the valid ones
+        if isinstance(self.cfg.model, str):
+            get_model_spec(self.cfg.model)
+        layer_modules(build_run_model(self.cfg, 10), self.cfg.layers)  # an unknown layer lists the valid ones
+
     def _build_runs(self) -> RunSet | None:
-        """This rank's runs (None when it has none); checks layers, inits and input shape first."""
-        cfg = self.cfg
-        probe = build_model(cfg.model, len(self.data.classes))
-        layer_modules(probe, cfg.layers)  # an unknown layer fails here, listing the valid ones
-        for init in cfg.inits:
-            INITS.get(init)  # an unknown scheme fails before any work, listing the valid ones
+        """This rank's runs (None when it has none); checks the model against the data first."""
+        cfg, classes = self.cfg, len(self.data.classes)
+        probe = build_run_model(cfg, classes)
         try:
             with torch.no_grad():
-                probe.eval()(self.data.x_train[:1].cpu())
+                out = probe.eval()(self.data.x_train[:1].cpu())
         except NndistError as exc:
             raise NndistError(f"--data {cfg.data}: {exc}") from None
         except RuntimeError as exc:
             raise NndistError(
-                f"model {cfg.model} cannot take inputs of shape {tuple(self.data.x_train.shape[1:])} from {cfg.data}: {str(exc).splitlines()[0]}"
+                f"model {factory_name(cfg.model)} cannot take inputs of shape {tuple(self.data.x_train.shape[1:])} from {cfg.data}: {str(exc).splitlines()[0]}"
             ) from None
+        if out.shape[-1] != classes:
+            raise NndistError(f"model {factory_name(cfg.model)} gives {out.shape[-1]} outputs but {cfg.data} has {classes} classes; "
+                              "build the model for the data's classes")
         if not self.my_keys:
             return None
         models = []
         for key in self.my_keys:
-            model = build_model(cfg.model, len(self.data.classes))
+            model = build_run_model(cfg, classes)
             init_model(model, key.init, gain=cfg.gain, bias_init=_bias_init(cfg.bias_init), generator=cfg.init_seed + key.seed)
             models.append(model)
         return RunSet(models).to(self.device)
 
     # ------------------------------------------------------------------ the run
-    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True) -> Path:
+    def run(self, *, overwrite: bool = False, resume: bool = False, report: bool = True, keep_state: bool = False) -> Path:
         """Trains, measures and writes the run directory; returns it."""
         error = None
         if self.dist.is_main:
@@ -153,31 +161,48 @@ class InitStudy:
                 self.started = (old or {}).get("started") or self.started
             except NndistError as exc:
                 error = str(exc)
-        dist.raise_on_every_rank(error, self.dist)
-        self.started = dist.broadcast_from_main(self.started, self.dist)
-        has_state = dist.broadcast_from_main(bool(resume and self.writer.state_path.is_file()), self.dist)
-        if has_state:
-            self._load_state()
-        else:
-            self._start()
-        self._train()
-        self._measure(layout.AFTER)
-        self._save_checkpoints(layout.AFTER)
-        for key in self.my_keys:
-            if self.status[key.name]["status"] == "running":
-                self.status[key.name]["status"] = "done"
-        collected = self._collect()
-        if collected is not None:
-            self._write_tables(*collected[:2])
-            if report:
-                t0 = time.perf_counter()
-                draw_figures(self.out)
-                self.timings["figures"] = time.perf_counter() - t0
+        try:
+            dist.raise_on_every_rank(error, self.dist)
+            self.started = dist.broadcast_from_main(self.started, self.dist)
+            has_state = dist.broadcast_from_main(bool(resume and self.writer.state_path.is_file()), self.dist)
+            if has_state:
+                self._load_state()
+            else:
+                self._start()
+            self._train()
+            self._measure(layout.AFTER)
+            self._save_checkpoints(layout.AFTER)
+            for key in self.my_keys:
+                if self.status[key.name]["status"] == "running":
+                    self.status[key.name]["status"] = "done"
+            collected = self._collect()
+            if collected is not None:
+                self._write_tables(*collected[:2])
                 self.writer.write_manifest(self._manifest(finished=True))
-                finish_run_directory(self.out)
-            self.writer.write_manifest(self._manifest(finished=True))
-        dist.barrier(self.dist)
+                self.writer.commit()
+                if report:
+                    self._report()
+                if not keep_state:
+                    self.writer.remove_state()
+            dist.barrier(self.dist)
+        finally:
+            self.writer.release()
         return self.out
+
+    @property
+    def out(self) -> Path:
+        """The run directory (until an ``--overwrite`` run finishes, the staging folder it writes to)."""
+        return self.writer.path
+
+    def _report(self) -> None:
+        """Figures, TensorBoard events, claims and the HTML report of the finished run."""
+        t0 = time.perf_counter()
+        draw_figures(self.out)
+        self.timings["figures"] = time.perf_counter() - t0
+        self.writer.write_manifest(self._manifest(finished=True))
+        finish_run_directory(self.out)
+        self.timings["report"] = time.perf_counter() - t0
+        self.writer.write_manifest(self._manifest(finished=True))
 
     def _start(self) -> None:
         """Before training: the manifest, the 'before' distributions, checkpoints, epoch-0 accuracy."""
@@ -200,13 +225,14 @@ class InitStudy:
         steps_per_epoch = (n_train + cfg.batch_size - 1) // cfg.batch_size
         first_epoch = self.pos.epoch + 1 if self.pos.step_in_epoch == 0 else self.pos.epoch
         t0 = time.perf_counter()
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=self.pos.global_step, desc="training", unit="step", disable=not self.progress)
+        bar = progress_bar(cfg.epochs * steps_per_epoch, "training", "step", enabled=self.progress, initial=self.pos.global_step)
         try:
             for epoch in range(first_epoch, cfg.epochs + 1):
                 order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(self.device)
                 if self.pos.step_in_epoch == 0:
                     self.pos.new_epoch(len(self.my_keys))
                 self.pos.epoch = epoch
+                t_epoch = time.perf_counter()
                 for step in range(self.pos.step_in_epoch, steps_per_epoch):
                     if self.runs is not None:
                         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -216,9 +242,15 @@ class InitStudy:
                     bar.update(1)
                     if cfg.checkpoint_every and self.pos.global_step % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
                         self._save_state()
+                t_valid = time.perf_counter()
                 self._end_epoch(epoch)
                 self.pos.step_in_epoch = 0
+                t_save = time.perf_counter()
+                # Where each epoch's time goes (steps, validation, state save), to see a run slow down.
+                self.timings.setdefault("epochs", []).append(
+                    {"epoch": epoch, "steps_s": round(t_valid - t_epoch, 3), "validation_s": round(t_save - t_valid, 3)})
                 self._save_state()
+                self.timings["epochs"][-1]["save_s"] = round(time.perf_counter() - t_save, 3)
         finally:
             bar.close()
         self.timings["train"] = self.timings.get("train", 0.0) + time.perf_counter() - t0
@@ -257,7 +289,7 @@ class InitStudy:
         t0 = time.perf_counter()
         inputs = self.data.inputs()
         total = len(self.my_keys) * sum(x.shape[0] for x in inputs.values())
-        bar = tqdm(total=total, desc=f"features {stage}", unit="img", disable=not self.progress, leave=False)
+        bar = progress_bar(total, f"features {stage}", "img", enabled=self.progress, leave=False)
         try:
             for r, key in enumerate(self.my_keys):
                 model = self.runs.model(r)  # type: ignore[union-attr]
@@ -290,10 +322,11 @@ class InitStudy:
         gathered = dist.gather_to_main(mine, self.dist)
         if gathered is None:
             return
-        model = build_model(self.cfg.model, len(self.data.classes))
+        model = build_run_model(self.cfg, len(self.data.classes))
+        name = factory_name(self.cfg.model)
         for key, state in (item for part in gathered for item in part):
             model.load_state_dict(state)
-            self.writer.write_checkpoint(key.name, stage, model, {"model": self.cfg.model, "init": key.init, "seed": key.seed,
+            self.writer.write_checkpoint(key.name, stage, model, {"model": name, "init": key.init, "seed": key.seed,
                                                                   "stage": stage, "reproduce": self.cfg.to_dict()})
 
     # ------------------------------------------------------------------ persistence
@@ -388,6 +421,7 @@ class InitStudy:
                       "init": {k.name: self.cfg.init_seed + k.seed for k in self.keys}},
             "device": str(self.device),
             "classes": self.data.classes,
+            "samples": {"train": len(self.data.train_idx), "valid": len(self.data.valid_idx), "random": len(self.data.valid_idx)},
             "subsets": {"train": [int(i) for i in self.data.train_idx], "valid": [int(i) for i in self.data.valid_idx]},
             "bad_files": self.data.bad_files,
             "runs": self.status,
@@ -405,6 +439,7 @@ def run_reproduce(
     resume: bool = False,
     progress: bool = True,
     report: bool = True,
+    keep_state: bool = False,
 ) -> Path:
     """Runs the initialisation study and writes its run directory.
 
@@ -416,6 +451,7 @@ def run_reproduce(
         resume: continue an interrupted run in ``out_dir`` with the same options.
         progress: show progress bars.
         report: also draw the figures and write TensorBoard events, claims and the HTML report.
+        keep_state: keep the resume state (``state/``) of the completed run (default: delete it).
 
     Returns:
         The run directory.
@@ -424,4 +460,4 @@ def run_reproduce(
         NndistError: on a bad option, data source, model or output directory.
     """
     config = study_config(ReproduceConfig, config, out_dir, resume=resume, kind=layout.REPRODUCE)
-    return InitStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report)
+    return InitStudy(config, out_dir, progress=progress).run(overwrite=overwrite, resume=resume, report=report, keep_state=keep_state)

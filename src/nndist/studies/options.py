@@ -87,7 +87,12 @@ def config_from_run(cls: type[C], run_dir: str | Path, kind: str) -> C:
         raise NndistError(f"--resume {run_dir}: no readable {layout.MANIFEST} there, so it is not a run directory to resume") from None
     if manifest.get("kind") != kind:
         raise NndistError(f"--resume {run_dir}: it is a {manifest.get('kind')!r} run, not a {kind} run")
-    return _from_mapping(cls, manifest.get("config") or {}, str(path), {})
+    config = manifest.get("config") or {}
+    model = str(config.get("model", ""))
+    if model.startswith(("callable:", "module:")):
+        raise NndistError(f"--resume {run_dir}: the run measured a model passed in from Python ({model.split(':', 1)[1]}), which "
+                          f"its manifest cannot rebuild; resume it from Python with the same model: resume=True and a {cls.__name__}")
+    return _from_mapping(cls, config, str(path), {})
 
 
 def study_config(cls: type[C], config: C | None, out_dir: str | Path, *, resume: bool, kind: str) -> C:
