@@ -14,6 +14,7 @@ BENCHMARKS = [
     ("bench_features.py", []),
     ("bench_gradients.py", []),
     ("bench_training.py", []),
+    ("bench_monitor.py", []),
 ]
 
 

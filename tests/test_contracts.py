@@ -105,7 +105,8 @@ def render_schema() -> str:
     def table_lines(kind: str, name: str) -> list[str]:
         spec = TABLES[kind][name]
         values = "the summary columns" if spec.values[:1] == ("n",) else ", ".join(spec.values)
-        order = f"; rows ordered by `{spec.order}`, then by the run's place in the config" if spec.order else ""
+        order = (f"; rows ordered by `{spec.order}`" + (", then by the run's place in the config" if "init" in spec.keys else "")
+                 if spec.order else "")
         return [f"- `{layout.table_file(name)}`: keys `{', '.join(spec.keys)}`, then {values}{order}"]
 
     fig = layout.FIGURE_FORMATS
@@ -119,15 +120,28 @@ def render_schema() -> str:
             f"- `{layout.checkpoint_file('<run key>', '<stage>')}`: stages `{layout.BEFORE}` and `{layout.AFTER}`; the run key is"
             f" `{layout.run_key('<init>', 0)}` for seed 0, `{layout.run_key('<init>', 7).replace('7', '<S>')}` otherwise",
             f"- stages: `{layout.BEFORE}`, `{layout.epoch_stage(1).replace('1', 'K')}` (after epoch K, with every_epoch), `{layout.AFTER}`",
-            *(f"- `{layout.FIGURES_DIR}/{name}.{{{','.join(fmts)}}}`" for name, fmts in fig.items() if name not in ("fig4", "heatmap", "overview")),
+            *(f"- `{layout.FIGURES_DIR}/{name}.{{{','.join(fig[name])}}}`" for name in layout.KIND_FIGURES[layout.REPRODUCE]),
+        ],
+        layout.MONITOR: [
+            f"- while it runs, each table is a folder `{layout.table_file('<table>')}/` of parts `part-<step>.parquet`"
+            f" (one per logging step, `<step>` zero-padded to {layout.PART_DIGITS} digits: `{layout.part_name(17)}`);"
+            " `close()` compacts it into the single file; `channel` is null on whole-tensor rows",
+            "- `histograms.parquet` holds whole-tensor rows only, on every 8th of the summaries' global bucket edges"
+            " (8 buckets per octave of |v|)",
+            f"- `{layout.figure_file('bands', '<table>')}`, `{layout.figure_file('last_histograms', '<table>')}`"
+            " for tables weights, grads, features;"
+            f" `{layout.figure_file('std_heatmap')}`, `{layout.figure_file('channel_gradients')}`",
         ],
         layout.GRADIENTS: [
             f"- `{layout.per_sample_file('<layer>', '<stat>')}`: float32 (N, C), stat `emission` or `absorption`, memory-mappable;"
             f" `<layer>` is the module name with `/` as `_`, `{layout.layer_file_stem('')}` for the root module",
             f"- `{layout.PER_SAMPLE_ORDER}`: the dataset index of each per-sample row",
             f"- `{layout.CHANNEL_NORMS}`: per layer the mean over samples of ||LG^(c1->c2)||, (C_out, C_in)",
-            f"- `{layout.FIGURES_DIR}/overview.{{{','.join(fig['overview'])}}}`; the layers named by `layer_figures`:",
-            *(f"- `{layout.figure_file(name, '<layer>', fmts[0])}`" for name, fmts in fig.items() if name in ("fig4", "heatmap")),
+            f"- `{layout.FIGURES_DIR}/overview.{{{','.join(fig['overview'])}}}`; for the layers named by `layer_figures`:",
+            *(f"- `{layout.figure_file(name, '<layer>', fig[name][0])}`" for name in layout.KIND_FIGURES[layout.GRADIENTS] if name != "overview"),
+        ],
+        layout.COMPARE: [
+            f"- `{layout.FIGURES_DIR}/{name}.{{{','.join(fig[name])}}}`" for name in layout.KIND_FIGURES[layout.COMPARE]
         ],
     }
     for kind in (k for k in layout.KINDS if k in TABLES):
@@ -165,7 +179,10 @@ def test_package_import_is_light(module):
 
 if __name__ == "__main__":  # rewrite the generated section
     sys.path.insert(0, str(ROOT / "src"))
-    head, rest = DOC.read_text(encoding="utf-8").split("<!-- schema:begin -->")
-    tail = rest.split("<!-- schema:end -->")[1]
+    text = DOC.read_text(encoding="utf-8")
+    head, rest = text.split("<!-- schema:begin -->", 1)
+    tail = rest.split("<!-- schema:end -->", 1)[1]
+    # splice between the markers (str.replace of the old block would hit every copy of it,
+    # every newline when the block was empty)
     DOC.write_text(f"{head}<!-- schema:begin -->\n{render_schema()}\n<!-- schema:end -->{tail}", encoding="utf-8")
     print(f"rewrote the schema section of {DOC}")

@@ -6,6 +6,7 @@ import nndist
 
 EXPECTED = [
     "GradientsConfig",
+    "Monitor",
     "NndistError",
     "ReproduceConfig",
     "Summary",
@@ -22,6 +23,7 @@ EXPECTED = [
     "random_inputs",
     "register_handler",
     "register_model",
+    "run_compare",
     "run_gradients",
     "run_reproduce",
     "save_checkpoint",
@@ -50,3 +52,22 @@ def test_emission_absorption_signature():
         ("layers", "KEYWORD_ONLY", None),
         ("definition", "KEYWORD_ONLY", "paper"),
     ]
+
+
+def test_monitor_signature():
+    empty = inspect.Parameter.empty
+    shape = [(p.name, p.kind.name, p.default) for p in inspect.signature(nndist.Monitor).parameters.values()]
+    assert shape == [
+        ("model", "POSITIONAL_OR_KEYWORD", empty),
+        ("out", "POSITIONAL_OR_KEYWORD", empty),
+        ("every", "KEYWORD_ONLY", 100),
+        ("watch", "KEYWORD_ONLY", ("weights", "grads", "features")),
+        ("layers", "KEYWORD_ONLY", None),
+        ("per_channel", "KEYWORD_ONLY", False),
+        ("gradients_every", "KEYWORD_ONLY", None),
+        ("probe", "KEYWORD_ONLY", None),
+        ("resume", "KEYWORD_ONLY", False),
+    ]
+    step = [(p.name, p.kind.name, p.default) for p in inspect.signature(nndist.Monitor.step).parameters.values()]
+    assert step == [("self", "POSITIONAL_OR_KEYWORD", empty), ("step", "POSITIONAL_OR_KEYWORD", None)]
+    assert callable(nndist.Monitor.close) and hasattr(nndist.Monitor, "__enter__") and hasattr(nndist.Monitor, "__exit__")

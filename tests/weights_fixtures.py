@@ -2,6 +2,8 @@
 
 * :func:`hf_tensors` / :func:`write_hf_folder`: a small Hugging Face-style model split over two
   safetensors shards (bfloat16, float16, float32 and an int64 tensor) with its index.json.
+* :func:`write_planted_pair`: two such folders, B with one tensor scaled by 1.5 (or negated), one
+  dropped, one added and one reshaped: the planted change every comparison must rank first.
 * :func:`torchvision_state_dict` / :func:`write_torchvision_pth`: a conv/BN/linear model's state
   dict saved as a training script does, ``{"state_dict": {"module.<name>": ...}, "epoch": ...}``.
 * :func:`write_safetensors_stream`: a safetensors file of any size written in fixed-size blocks
@@ -60,6 +62,27 @@ def write_hf_folder(folder: Path, tensors: dict[str, torch.Tensor] | None = None
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+def write_planted_pair(root: Path, *, negate: bool = False) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+    """``root/a`` and ``root/b``: two HF folders (bf16 and fp16 tensors over two shards).
+
+    A holds :func:`hf_tensors` with lm_head on a 2^-12 grid (so x 1.5 is exact in float32); B is
+    A with lm_head scaled by 1.5 (or, with ``negate``, layers.1 q_proj negated), model.norm
+    dropped, model.extra.bias added and layers.0 k_proj reshaped.
+    """
+    tensors = hf_tensors()
+    tensors["lm_head.weight"] = torch.round(tensors["lm_head.weight"] * 4096) / 4096
+    a = write_hf_folder(root / "a", tensors)
+    b = dict(tensors)
+    if negate:
+        b["model.layers.1.self_attn.q_proj.weight"] = -tensors["model.layers.1.self_attn.q_proj.weight"]
+    else:
+        b["lm_head.weight"] = tensors["lm_head.weight"] * 1.5
+    del b["model.norm.weight"]
+    b["model.extra.bias"] = torch.zeros(3)
+    b["model.layers.0.self_attn.k_proj.weight"] = tensors["model.layers.0.self_attn.k_proj.weight"].reshape(16, 8)
+    return a, write_hf_folder(root / "b", b), tensors
 
 
 class SmallConvNet(nn.Module):

@@ -4,9 +4,13 @@ The public API (pinned by ``tests/test_public_api.py``):
 
 - :func:`emission_absorption`: per-sample, per-channel Emission and Absorption of local gradients.
 - :class:`Summary`, :func:`summarize`, :func:`wasserstein`, :func:`ks_distance`: streaming,
-  mergeable distribution summaries; :func:`weight_table`: the summary of every parameter.
+  mergeable distribution summaries; :func:`weight_table`: the summary of every tensor of a weights
+  file, folder or module.
 - :func:`run_reproduce` / :class:`ReproduceConfig`: the paper's initialisation study.
 - :func:`run_gradients` / :class:`GradientsConfig`: channel-wise gradients over a dataset.
+- :class:`Monitor`: weights, gradients and features of the user's own training loop, step by step.
+- :func:`run_compare`: two or more checkpoints (any weights file, a run, a model) compared tensor
+  by tensor, as a run directory.
 - Registries: :func:`create_model`, :func:`list_models`, :func:`register_model`,
   :func:`init_model`, :func:`list_inits`, :func:`load_split`, :func:`register_handler`.
 
@@ -24,6 +28,7 @@ from ._version import __version__
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "GradientsConfig": "nndist.studies.gradient_config",
+    "Monitor": "nndist.studies.monitor",
     "NndistError": "nndist.errors",
     "ReproduceConfig": "nndist.studies.init_config",
     "Summary": "nndist.stats.summary",
@@ -39,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "random_inputs": "nndist.data.subsets",
     "register_handler": "nndist.probes.gradients",
     "register_model": "nndist.models.registry",
+    "run_compare": "nndist.studies.compare",
     "run_gradients": "nndist.studies.gradient_study",
     "run_reproduce": "nndist.studies.init_study",
     "save_checkpoint": "nndist.models.checkpoints",
@@ -75,7 +81,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .stats.distances import ks_distance, wasserstein
     from .stats.summary import Summary, summarize
     from .stats.weightstats import weight_table
+    from .studies.compare import run_compare
     from .studies.gradient_config import GradientsConfig
     from .studies.gradient_study import run_gradients
     from .studies.init_config import ReproduceConfig
     from .studies.init_study import run_reproduce
+    from .studies.monitor import Monitor

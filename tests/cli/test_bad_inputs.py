@@ -302,6 +302,87 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path, capsys: pytes
 
 
 # --------------------------------------------------------------------------------------------
+# Weights files: `nndist weights` and `nndist compare` without model code
+
+
+def _bad_weights(tmp_path: Path, case: str) -> tuple[Path, tuple[str, ...]]:
+    """A bad weights input of one kind, and the words its one-line error must hold."""
+    from weights_fixtures import write_hf_folder
+
+    if case == "truncated safetensors":
+        folder = write_hf_folder(tmp_path / "hf")
+        shard = folder / "model-00002-of-00002.safetensors"
+        shard.write_bytes(shard.read_bytes()[:200])
+        return folder, (str(shard), "truncated or corrupt", "download it again")
+    if case == "index names a missing shard":
+        folder = write_hf_folder(tmp_path / "hf")
+        (folder / "model-00002-of-00002.safetensors").unlink()
+        return folder / "model.safetensors.index.json", ("model.safetensors.index.json", "model-00002-of-00002.safetensors",
+                                                         "missing", "download every shard")
+    if case == "folder without weights":
+        (tmp_path / "docs").mkdir()
+        (tmp_path / "docs" / "README.md").write_text("no weights here\n")
+        return tmp_path / "docs", (str(tmp_path / "docs"), "holds no weights", "pass the checkpoint file")
+    if case == "empty file":
+        (tmp_path / "empty.pth").write_bytes(b"")
+        return tmp_path / "empty.pth", (str(tmp_path / "empty.pth"), "is empty (0 bytes)", "download it again")
+    raise AssertionError(case)
+
+
+WEIGHTS_CASES = ["truncated safetensors", "index names a missing shard", "folder without weights", "empty file"]
+
+
+@pytest.mark.parametrize("case", WEIGHTS_CASES)
+def test_bad_weights_input_is_one_line_for_weights_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    bad, words = _bad_weights(tmp_path, case)
+    good = save_checkpoint(tmp_path / "good.safetensors", create_model("paper_cnn"), {"model": "paper_cnn"})
+    cli_error(capsys, ["weights", bad, "--no-progress"], *words)
+    out = tmp_path / "cmp"
+    cli_error(capsys, ["compare", good, bad, "--out", out, "--no-progress"], *words)
+    assert_nothing_written(out)
+
+
+def test_compare_refuses_a_pickle_that_would_run_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "evil.bin"
+    torch.save({"state_dict": _state_dict(), "payload": _Touch(marker, "system")}, ckpt)
+    out = tmp_path / "cmp"
+    cli_error(capsys, ["compare", ckpt, "paper_cnn", "--out", out], ckpt, "refused to load", "nothing was run")
+    assert not marker.exists(), "unpickling ran the payload"
+    assert_nothing_written(out)
+
+
+def test_weights_group_that_collides_and_other_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "clash.safetensors"
+    save_file({"enc.weight": torch.ones(2), "enc.weight.scale": torch.ones(1)}, str(path))
+    cli_error(capsys, ["weights", path, "--group", "layer", "--no-progress"], path, "'enc.weight'", "get the same name",
+              "group='tensor'")
+    cli_error(capsys, ["weights", path, "--group", "a..b"], "'a..b'", "model.layers.*")
+    cli_error(capsys, ["weights", path, "--init", "orthogonal"], "--init applies to a model name")
+    cli_error(capsys, ["weights", path, "--out", tmp_path / "t.txt"], "--out must end in .csv or .parquet")
+
+
+def test_compare_bad_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = save_checkpoint(tmp_path / "good.safetensors", create_model("paper_cnn"), {"model": "paper_cnn"})
+    out = tmp_path / "cmp"
+    cli_error(capsys, ["compare", good, "resnet9000", "--out", out], "resnet9000", "neither a path nor a known model", "paper_cnn")
+    cli_error(capsys, ["compare", good, tmp_path / "nope.safetensors", "--out", out], "nope.safetensors", "does not exist")
+    cli_error(capsys, ["compare", good, "--out", out], "two or more sources", "A B")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"kind": "reproduce", "runs": {"zeros": {"init": "zeros", "seed": 0}}}))
+    cli_error(capsys, ["compare", run, "--out", out], "checkpoints/zeros/before.safetensors is missing", "--resume")
+    cli_error(capsys, ["compare", good, "paper_cnn", "--init", "glorot", "--out", out], "'glorot'", "orthogonal")
+    assert_nothing_written(out)
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    cli_error(capsys, ["compare", good, "paper_cnn", "--out", out], out, "not empty", "--overwrite")
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------------------------
 # Sizes and output directories
 
 
@@ -466,3 +547,19 @@ def test_installed_command() -> None:
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done
     assert done.stderr.strip().count("\n") == 0 and "resnet9000" in done.stderr
+
+
+def test_installed_command_weights_and_compare(tmp_path: Path) -> None:
+    from weights_fixtures import write_hf_folder
+
+    script = Path(sys.executable).with_name("nndist")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "nndist"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    folder = write_hf_folder(tmp_path / "hf")
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"\x00" * 64)
+    for argv in (["weights", str(folder)], ["compare", str(folder), "paper_cnn", "--out", str(tmp_path / "cmp")]):
+        done = subprocess.run([*cmd, *argv], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done
+        line = done.stderr.strip()
+        assert "\n" not in line and "model-00001-of-00002.safetensors" in line and "corrupt" in line, line
+    assert not (tmp_path / "cmp").exists()

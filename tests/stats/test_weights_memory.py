@@ -118,3 +118,22 @@ def test_compare_of_two_2gb_checkpoints_stays_bounded(checkpoints: tuple[Path, P
     )
     _report("compare", peak, baseline)
     assert peak - baseline < ALLOWANCE
+
+
+def test_run_compare_of_two_2gb_checkpoints_stays_bounded(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+    """The compare run directory adds the histograms of every tensor, collected in the same pass."""
+    a, b = checkpoints
+    # The same interpreter without the comparison: its imports, and those of the manifest's versions().
+    base = _peak_rss("import nndist.studies.compare\nfrom nndist.results import versions\nversions()")
+    out = tmp_path / "cmp"
+    peak = _peak_rss(
+        "from nndist.studies.compare import run_compare\n"
+        f"run_compare([{str(a)!r}, {str(b)!r}], {str(out)!r}, progress=False, report=False)\n"
+    )
+    _report("run_compare", peak, base)
+    assert peak - base < ALLOWANCE
+    import pandas as pd
+
+    table = pd.read_parquet(out / "compare.parquet")
+    assert len(table) == 10 and (table["status"] == "compared").all()
+    assert pd.read_parquet(out / "histograms.parquet").groupby("source")["tensor"].nunique().tolist() == [10, 10]

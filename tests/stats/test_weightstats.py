@@ -16,6 +16,7 @@ from weights_fixtures import (
     hf_tensors,
     torchvision_state_dict,
     write_hf_folder,
+    write_planted_pair as _planted,
     write_torchvision_pth,
 )
 
@@ -297,24 +298,6 @@ def test_value_change_of_zero_tensors_and_shapes() -> None:
 
 
 # ------------------------------------------------------------------------------------ compare
-def _planted(tmp_path: Path, *, negate: bool = False) -> tuple[Path, Path, dict[str, torch.Tensor]]:
-    """A: the HF folder with lm_head on a 2^-12 grid (so x 1.5 is exact in float32); B: A with
-    lm_head scaled by 1.5 (or, with ``negate``, layers.1 q_proj negated), one tensor dropped,
-    one added, one reshaped."""
-    tensors = hf_tensors()
-    tensors["lm_head.weight"] = torch.round(tensors["lm_head.weight"] * 4096) / 4096
-    a = write_hf_folder(tmp_path / "a", tensors)
-    b = dict(tensors)
-    if negate:
-        b["model.layers.1.self_attn.q_proj.weight"] = -tensors["model.layers.1.self_attn.q_proj.weight"]
-    else:
-        b["lm_head.weight"] = tensors["lm_head.weight"] * 1.5
-    del b["model.norm.weight"]
-    b["model.extra.bias"] = torch.zeros(3)
-    b["model.layers.0.self_attn.k_proj.weight"] = tensors["model.layers.0.self_attn.k_proj.weight"].reshape(16, 8)
-    return a, write_hf_folder(tmp_path / "b", b), tensors
-
-
 def test_planted_change_ranks_first_with_relative_change_one_half(tmp_path: Path) -> None:
     a, b, _ = _planted(tmp_path)
     table = compare([a, b], progress=True)

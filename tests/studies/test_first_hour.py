@@ -145,12 +145,12 @@ def test_channel_matrices_are_compact_and_only_those_asked_for(tmp_path):
 
 
 def test_figure4_boxes_are_exact_where_per_sample_arrays_exist(tmp_path):
-    from nndist.report.figures_gradients import _exact_boxes
+    from nndist.report.figures_gradients import exact_boxes
 
     run = run_gradients(_cfg(samples=40, layer_figures=("conv2",)), tmp_path / "f", progress=False)
     assert (run / layout.figure_file("fig4", "conv2")).is_file() and not (run / layout.figure_file("fig4", "conv1")).is_file()
     assert (run / layout.figure_file("overview")).is_file()
-    boxes = _exact_boxes(load_run(run), "conv2", "emission", 15, tukey=False)
+    boxes = exact_boxes(load_run(run), "conv2", "emission", 15, tukey=False)
     em = np.load(run / layout.per_sample_file("conv2", "emission")).astype(np.float64)
     for c, box in enumerate(boxes):
         np.testing.assert_allclose([box["q1"], box["med"], box["q3"]], np.quantile(em[:, c], [0.25, 0.5, 0.75]), rtol=1e-12)
@@ -163,6 +163,8 @@ def test_the_gradients_command_prints_what_is_measured_and_only_measurable_claim
     printed = capsys.readouterr().out
     assert "5 layers measured (16 samples); unsupported: 0; no channel-to-channel gradient: 0" in printed
     assert "not measured by this run: 1, 2, 3" in printed and "(16 images: weak)" in printed
+    html = (out / layout.REPORT).read_text()
+    assert "paper_cnn (random weights)" in html and "seeded with --seed 0" in html  # the report says so too
     assert main(["gradients", "--resume", "--out", str(out), "--no-progress", "--no-report"]) == 0  # nothing but the directory
 
 

@@ -151,3 +151,33 @@ def test_torchrun_two_processes_equal_one(tmp_path, paper_ckpt):
     ma = json.loads((tmp_path / "one" / "manifest.json").read_text())
     mb = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert ma["sample_order"] == mb["sample_order"]
+
+
+def test_the_author_codes_way_end_to_end(tmp_path):
+    """--layers-like-author --definition author_code --figure author on a random torchvision ResNet-18."""
+    from nndist.probes.gradients import layers_like_author
+
+    out = tmp_path / "author"
+    assert main(["gradients", "--model", "torchvision:resnet18", "--data", "shapes", "--image-size", "48", "--samples", "6",
+                 "--batch-size", "3", "--layers-like-author", "--definition", "author_code", "--figure", "author",
+                 "--channels", "4", "--layer-figures", "conv1,layer4.1.conv2", "--device", "cpu", "--out", str(out),
+                 "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["layers"]) == layers_like_author(18)
+    # the code's Absorption is per output channel
+    assert all(info["channels"] == {"emission": info["c_out"], "absorption": info["c_out"]} for info in manifest["layers"].values())
+    assert (out / "figures" / "fig4_conv1.png").is_file() and (out / "figures" / "fig4_layer4.1.conv2.png").is_file()
+    claims = pd.read_csv(out / "claims.csv")
+    c15 = claims[(claims["id"] == 15) & (claims["level"] == "summary")].iloc[0]
+    assert c15["verdict"] == "not measured" and "author_code" in c15["numbers"]
+
+
+def test_an_author_code_run_leaves_the_users_model_as_it_was(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run_gradients(GradientsConfig(model=model, data="shapes", samples=4, batch_size=2, device="cpu", definition="author_code",
+                                  mean=CIFAR10_MEAN, std=CIFAR10_STD), tmp_path / "a", progress=False, report=False)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # running statistics and num_batches_tracked included

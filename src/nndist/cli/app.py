@@ -17,7 +17,7 @@ from .._version import __version__
 from ..allocator import tune_allocator
 from ..errors import NndistError
 
-COMMANDS = ("reproduce", "weights", "evaluate", "gradients", "report")
+COMMANDS = ("reproduce", "weights", "compare", "evaluate", "gradients", "report")
 
 EPILOG = """examples:
   nndist reproduce --profile quick --data shapes --out runs/demo
@@ -25,6 +25,7 @@ EPILOG = """examples:
   nndist gradients --model cifar_resnet20 --weights resnet20-12fca82f.th --data cifar10 --samples 10000
   nndist evaluate --model cifar_resnet20 --weights resnet20-12fca82f.th --data ../shared/data/cifar10-jpeg
   nndist weights runs/quick/checkpoints/orthogonal/after.safetensors
+  nndist compare runs/quick --out runs/quick-compare
   nndist report runs/quick
 """
 

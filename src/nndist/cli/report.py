@@ -20,12 +20,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Evaluate the paper's claims on the run's own data (RUN_DIR/claims.csv) and write one "
             "self-contained HTML page (RUN_DIR/report.html) with the configuration, figures, summary "
-            "tables and claims of a `nndist reproduce` or `nndist gradients` run. Prints the report's path."
+            "tables and claims of a `nndist reproduce` or `nndist gradients` run (a `compare` run gets its report, "
+            "without claims). Prints the report's path."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by `nndist reproduce` or `nndist gradients`")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by `nndist reproduce`, `nndist gradients` or `nndist compare`")
     p.add_argument("--embed-figures", action="store_true",
                    help="embed the figures in the page as base64 instead of linking figures/*.png")
     p.add_argument("--figures", action="store_true", help="redraw the figures from the tables (drawn anyway when figures/ is missing)")
@@ -54,6 +55,9 @@ def print_claims(path) -> None:
 
     claims = pd.read_csv(path, keep_default_na=False)
     claims = claims[claims["level"] == "summary"]
+    if claims.empty:
+        print("the paper's claims apply to reproduce and gradients runs only: none to test here")
+        return
     measured = claims[claims["verdict"] != "not measured"]
     print(f"{'#':>3}  {'verdict':<24}claim")
     for row in measured.itertuples():

@@ -1,7 +1,7 @@
 """Checkpoints: read without ever executing pickled code, written as safetensors with the config.
 
-PyTorch files are read only through ``torch.load(..., weights_only=True)`` and safetensors files
-through ``safetensors``. A file name that ends in 8 hex digits (``resnet20-12fca82f.th``) is
+Checkpoint files are read only by :func:`~nndist.models.weightfiles.open_weights` (PyTorch files
+through ``torch.load(..., weights_only=True)``, safetensors through ``safetensors``). A file name that ends in 8 hex digits (``resnet20-12fca82f.th``) is
 checked against the first 8 hex digits of the file's SHA-256.
 """
 
@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,6 +28,7 @@ from .registry import (
     is_pretrained_name,
     torchvision_pretrained,
 )
+from .weightfiles import open_weights
 
 __all__ = ["create_model", "load_model", "load_model_spec", "load_state_dict_checked", "load_weights", "read_state_dict", "save_checkpoint"]
 
@@ -57,77 +56,31 @@ def _check_sha_prefix(path: Path) -> None:
         )
 
 
-def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping):
-                obj = inner
-                break
-        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if tensors:
-            return tensors
-    raise NndistError(
-        f"{path}: holds no state dict (expected a dict of tensors, or a dict with 'state_dict' or 'model')"
-    )
-
-
-def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Reads a checkpoint's state dict without running any pickled code.
 
+    The one reader of checkpoint files is :func:`~nndist.models.weightfiles.open_weights`; this
+    checks the file name's SHA-256 prefix, opens the file with it and reads every tensor.
+
     Args:
-        path: ``.th``/``.pt``/``.pth`` (PyTorch, read with ``weights_only=True``) or ``.safetensors``.
+        path: anything :func:`~nndist.models.weightfiles.open_weights` reads: ``.safetensors``,
+            ``.th``/``.pt``/``.pth``/``.bin`` (PyTorch, ``weights_only=True``; a state dict or one
+            nested under ``state_dict``, ``model``, ...), ``.npz``, a Hugging Face folder or index.
 
     Returns:
-        ``(state_dict, metadata)``: keys with any ``module.`` prefix stripped; the safetensors
-        metadata (empty for PyTorch files).
+        ``(state_dict, metadata)``: keys with a ``module.``/``_orig_mod.`` prefix shared by every
+        name stripped; the safetensors metadata (empty for other formats).
 
     Raises:
         NndistError: Missing file, SHA-256 prefix mismatch, corrupt file or unsafe pickle.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise NndistError(f"checkpoint {path} does not exist; pass the path of a .th/.pt/.pth/.safetensors file")
-    _check_sha_prefix(path)
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                metadata = dict(fh.metadata() or {})
-                sd = {k: fh.get_tensor(k) for k in fh.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise NndistError(
-                f"{path}: not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                "it is truncated or corrupt: write it again"
-            ) from exc
-        return _strip_prefix(sd), metadata
-    if suffix in (".th", ".pt", ".pth"):
-        try:
-            with warnings.catch_warnings():
-                # Raised for plain pickles; the weights-only unpickler still refuses anything unsafe.
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise NndistError(
-                f"{path}: refused to load: it holds Python objects other than tensors (a pickle that could "
-                "run code) or is corrupt; nndist reads PyTorch files only with weights_only=True: "
-                "save a plain state dict or use .safetensors"
-            ) from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise NndistError(
-                f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                "it is truncated or corrupt"
-            ) from exc
-        return _strip_prefix(_extract_state_dict(obj, path)), {}
-    raise NndistError(f"{path}: unknown checkpoint type {suffix!r}; use .th, .pt, .pth or .safetensors")
+    if path.is_file():
+        _check_sha_prefix(path)
+    with open_weights(path) as src:
+        return {name: src.read(name) for name in src.names()}, dict(src.metadata)
 
 
 def _fmt_keys(keys: list[str], limit: int = 12) -> str:

@@ -542,7 +542,7 @@ def _open_shard(path: Path, key: str | None) -> _Shard:
     if not path.is_file():
         raise NndistError(f"{path} does not exist; pass {_INPUTS_HINT}")
     if path.stat().st_size == 0:
-        raise NndistError(f"{path} is empty (0 bytes): the save or download was interrupted; write or download it again")
+        raise NndistError(f"{path} is empty (0 bytes): truncated by an interrupted save or download; write or download it again")
     kind = WEIGHT_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise NndistError(

@@ -9,7 +9,8 @@ claim of the paper plus detail rows (per seed, init, layer), each with a verdict
   missing table, a missing init).
 
 Claims 1-12 are about the initialisation study (a ``reproduce`` run); 13-15 about channel-wise
-gradients (a ``gradients`` run). Every rule and threshold is written into the ``rule`` column, and
+gradients (a ``gradients`` run). Other kinds of run (:data:`CLAIM_KINDS` lists the two that
+claims apply to) get an empty table, not fifteen "not measured" rows. Every rule and threshold is written into the ``rule`` column, and
 the measured values into ``numbers``, so a reader can judge the verdict.
 
 Conventions:
@@ -38,11 +39,14 @@ from ..io import atomic_path
 from ..paper import CONSTANT_INITS, PAPER_INITS
 from ..results import TABLES, RunDir, layout, load_run
 from ..results.layout import GRADIENTS, REPRODUCE
+from ..stats.heterogeneity import brown_forsythe, kruskal_wallis
 
-__all__ = ["CLAIMS", "CLAIM_COLUMNS", "INITS", "WEAK_IMAGES", "evaluate_claims", "run_images", "verdict_text", "write_claims"]
+__all__ = ["CLAIMS", "CLAIM_COLUMNS", "CLAIM_KINDS", "INITS", "WEAK_IMAGES", "evaluate_claims", "run_images", "verdict_text", "write_claims"]
 
 INITS = PAPER_INITS
 CLAIM_COLUMNS = ["id", "level", "claim", "scope", "verdict", "evidence", "numbers", "rule"]
+#: The kinds of run the paper's claims are about (the others have no claims to test).
+CLAIM_KINDS: tuple[str, ...] = (REPRODUCE, GRADIENTS)
 HOLDS, FAILS, MIXED, NOT_MEASURED = "holds", "fails", "mixed", "not measured"
 
 # Thresholds, stated in the rule column of every row that uses them.
@@ -556,8 +560,6 @@ def _subsample(arr: np.ndarray, limit: int = HETERO_MAX_ROWS) -> np.ndarray:
 
 
 def _claim13(run: RunDir) -> list[dict]:
-    from scipy import stats
-
     rule = (f"per layer and statistic: with per-sample arrays, Kruskal-Wallis H test over channels (medians differ) "
             f"and Brown-Forsythe test (Levene, center=median; variances differ), both p < {HETERO_P}, on up to "
             f"{HETERO_MAX_ROWS} evenly spaced samples; without them, from gradients.parquet, coefficient of variation "
@@ -573,15 +575,14 @@ def _claim13(run: RunDir) -> list[dict]:
             scope = f"{layer} ({stat})"
             if arr is not None and arr.shape[1] >= 2 and arr.shape[0] >= 3:
                 x = _subsample(arr)
-                cols = [x[:, j] for j in range(x.shape[1])]
                 if np.ptp(x) == 0:
                     c.detail(scope, FAILS, "all values equal")
                     continue
-                h = stats.kruskal(*cols)
-                lev = stats.levene(*cols, center="median")
-                ok = h.pvalue < HETERO_P and lev.pvalue < HETERO_P
-                c.detail(scope, _v(ok), f"Kruskal-Wallis H = {_g(h.statistic)}, p = {_g(h.pvalue)}; "
-                         f"Brown-Forsythe W = {_g(lev.statistic)}, p = {_g(lev.pvalue)} "
+                h, h_p = kruskal_wallis(x)
+                w, w_p = brown_forsythe(x)
+                ok = h_p < HETERO_P and w_p < HETERO_P
+                c.detail(scope, _v(ok), f"Kruskal-Wallis H = {_g(h)}, p = {_g(h_p)}; "
+                         f"Brown-Forsythe W = {_g(w)}, p = {_g(w_p)} "
                          f"({x.shape[0]} samples x {x.shape[1]} channels)")
             elif g is not None and "q50" in g:
                 sub = g[(g["layer"] == layer) & (g["stat"] == stat)]
@@ -680,13 +681,16 @@ def evaluate_claims(run_dir: str | os.PathLike[str] | RunDir) -> pd.DataFrame:
     Returns:
         DataFrame with columns ``id, level, claim, scope, verdict, numbers, rule``: for each claim
         1-15 one ``summary`` row (scope ``all``) followed by its ``detail`` rows. ``verdict`` is
-        ``holds``, ``fails``, ``mixed`` or ``not measured``.
+        ``holds``, ``fails``, ``mixed`` or ``not measured``. Empty (the columns only) for a
+        kind of run outside :data:`CLAIM_KINDS`.
 
     Raises:
         NndistError: If the run directory or one of its tables is missing or invalid.
     """
     run = run_dir if isinstance(run_dir, RunDir) else load_run(run_dir)
     rows: list[dict] = []
+    if run.kind not in CLAIM_KINDS:
+        return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
     study = _Study(run) if run.kind == REPRODUCE else None
     for cid, (_, kind) in CLAIMS.items():
         if kind != run.kind:

@@ -26,7 +26,7 @@ from .figures import _plt, require_tables, save_figure
 STAT_COLORS = {"absorption": "#1f77b4", "emission": "#d62728"}
 
 
-def _exact_boxes(run: RunDir, layer: str, stat: str, channels: int, tukey: bool) -> list[dict] | None:
+def exact_boxes(run: RunDir, layer: str, stat: str, channels: int, tukey: bool) -> list[dict] | None:
     """Box statistics from the per-sample array, one column at a time (None without the array)."""
     arr = run.per_sample(layer, stat)
     if arr is None:
@@ -58,7 +58,7 @@ def figure4(run: RunDir, stats: pd.DataFrame, layer: str, *, channels: int = FIG
     fig, axes = plt.subplots(2, 1, figsize=(7, 5.2)) if author else plt.subplots(1, 2, figsize=(10, 3.2))
     notes = []
     for ax, stat in zip(np.ravel(axes), ("absorption", "emission")):
-        boxes = _exact_boxes(run, layer, stat, channels, tukey=author)
+        boxes = exact_boxes(run, layer, stat, channels, tukey=author)
         if boxes is None:
             boxes = _sketch_boxes(stats, layer, stat, channels)
             notes.append("boxes from the quantile sketch (within 1/129 relative); keep per-sample arrays for exact ones")

@@ -9,9 +9,11 @@ from typing import Callable
 from ..errors import NndistError
 from ..results import RunDir, layout, load_run
 from .claims import evaluate_claims, write_claims
+from .compare_figures import write_compare_figures
 from .figures import write_figures
 from .figures_gradients import write_gradient_figures
 from .html import write_report
+from .monitor_figures import write_monitor_figures
 from .tensorboard import write_tensorboard
 
 __all__ = ["FIGURES", "draw_figures", "finish_run_directory", "report_run"]
@@ -20,6 +22,8 @@ __all__ = ["FIGURES", "draw_figures", "finish_run_directory", "report_run"]
 FIGURES: dict[str, Callable[[RunDir], list[Path]]] = {
     layout.REPRODUCE: write_figures,
     layout.GRADIENTS: write_gradient_figures,
+    layout.MONITOR: write_monitor_figures,
+    layout.COMPARE: write_compare_figures,
 }
 
 
@@ -67,7 +71,8 @@ def report_run(run_dir: str | Path, *, embed_figures: bool = False, redraw: bool
     """
     run = load_run(run_dir)  # fails early, naming the path and what is missing
     notes: list[str] = []
-    if redraw:
+    # a monitor still running has new steps since its figures were drawn
+    if redraw or (run.kind == layout.MONITOR and run.manifest.get("status") != "finished"):
         draw_figures(run)
     elif not run.file(layout.FIGURES_DIR).is_dir():
         # Runs made with --no-report get their figures here; an unfinished run has too few

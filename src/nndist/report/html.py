@@ -1,8 +1,9 @@
-"""One self-contained HTML page per run directory: configuration, figures, tables and claims.
+"""One self-contained HTML page per run directory: claims, figures, the explorer, tables, configuration.
 
-The page (``RUN_DIR/report.html``) needs no network: styling and the few lines of script (table
-sorting, a self-check) are inline, and figures are referenced by relative paths beside it
-(``figures/...``) or, with ``embed_figures=True``, embedded as base64. Everything taken from the
+The page (``RUN_DIR/report.html``) needs no network: styling and script (table sorting, a
+self-check, the explorer with its plotting library and data: :mod:`.explorer`) are inline, a
+Content-Security-Policy forbids every request but images beside the page, and figures are
+referenced by relative paths (``figures/...``) or, with ``embed_figures=True``, embedded as base64. Everything taken from the
 run (layer names, paths, config values) is HTML-escaped by Jinja2's autoescape. Whatever the run
 has not produced (a figure, a table) is shown as "not produced".
 """
@@ -25,7 +26,8 @@ from .._version import __version__
 from ..io import write_text
 from ..paper import CONSTANT_INITS
 from ..results import RunDir, layout, load_run
-from .claims import evaluate_claims
+from .claims import CLAIM_KINDS, evaluate_claims
+from .explorer import embedded_json, explorer_data, explorer_scripts
 from .figures_gradients import figure_layers
 
 __all__ = ["MAX_TABLE_ROWS", "render_report", "write_report"]
@@ -197,10 +199,37 @@ def _gradients_sections(run: RunDir, embed: bool) -> dict:
     return {"figures": figures, "runs": None, "tables": tables, "layers": layers}
 
 
+def _monitor_sections(run: RunDir, embed: bool) -> dict:
+    from .monitor_sections import monitor_sections  # it builds on this module's helpers
+
+    return monitor_sections(run, embed)
+def _compare_sections(run: RunDir, embed: bool) -> dict:
+    figures = [
+        _figure(run, layout.figure_file("compare_shift"), "Shift of each layer against depth: relative change, W1, KS", embed),
+        _figure(run, layout.figure_file("compare_histograms"), "Value distributions of the most changed tensors, A and B overlaid", embed),
+    ]
+    m = run.manifest
+    sources = pd.DataFrame([{k: s.get(k) for k in ("label", "kind", "path", "model", "init", "tensors", "summarised",
+                                                    "values", "prefix_stripped")} for s in m.get("sources") or []])
+    sources = sources.dropna(axis=1, how="all") if not sources.empty else None
+    table = run.table("compare")
+    others = None if table is None else table[table["status"] != "compared"]
+    classes = None if table is None else ["" if s == "compared" else "running" for s in table["status"].head(MAX_TABLE_ROWS)]
+    tables = [
+        ("Sources", _table(sources, source="manifest.json")),
+        ("Tensors, most changed first", _table(table, source="compare.parquet", row_class=classes)),
+        ("Tensors not compared value by value (one side only, shape mismatch, not summarised)",
+         _table(others if others is not None and len(others) else None, source="compare.parquet")),
+    ]
+    return {"figures": figures, "runs": None, "tables": tables, "layers": None}
+
+
 #: The sections of each kind of run's report: ``fn(run, embed_figures) -> {"figures", "runs", "tables", "layers"}``.
 SECTIONS: dict[str, Callable[[RunDir, bool], dict]] = {
     layout.REPRODUCE: _reproduce_sections,
     layout.GRADIENTS: _gradients_sections,
+    layout.MONITOR: _monitor_sections,
+    layout.COMPARE: _compare_sections,
 }
 
 
@@ -221,6 +250,7 @@ def render_report(run_dir: str | os.PathLike[str] | RunDir, *, embed_figures: bo
     run = run_dir if isinstance(run_dir, RunDir) else load_run(run_dir)
     claims = evaluate_claims(run) if claims is None else claims
     sections = SECTIONS[run.kind](run, embed_figures)
+    explorer = explorer_data(run)
     summary = claims[claims["level"] == "summary"]
     details = claims[claims["level"] == "detail"]
     counts = summary["verdict"].value_counts().to_dict()
@@ -235,9 +265,11 @@ def render_report(run_dir: str | os.PathLike[str] | RunDir, *, embed_figures: bo
     meta = {k: _fmt(m.get(k)) for k in ("started", "finished") if m.get(k)}
     if run.kind == layout.GRADIENTS:
         meta["samples"] = _fmt(m.get("n_samples"))
-        meta["model"] = _fmt(m.get("model"))
+        meta["model"] = _fmt(m.get("model")) + (" (random weights)" if m.get("random_weights") else "")
+    if run.kind == layout.COMPARE:
+        meta.update({k: str(v) for k, v in (m.get("counts") or {}).items() if v})
     config = _flatten(m.get("config") or {})
-    extra = _flatten({k: m[k] for k in ("versions", "seeds") if k in m})
+    extra = _flatten({k: m[k] for k in ("versions", "seeds", "pairs") if k in m})
     if isinstance(m.get("subsets"), dict):
         extra += [(f"subsets.{k}", f"{len(v)} indices") for k, v in m["subsets"].items() if isinstance(v, list)]
     if isinstance(m.get("sample_order"), list):
@@ -253,7 +285,12 @@ def render_report(run_dir: str | os.PathLike[str] | RunDir, *, embed_figures: bo
         claims=[{"row": r, "details": details[details["id"] == r["id"]].to_dict("records")}
                 for r in summary.to_dict("records")],
         counts=counts,
+        claims_apply=run.kind in CLAIM_KINDS,
+        explorer=explorer,
+        explorer_json=embedded_json(explorer),
+        scripts=explorer_scripts(),
         constant_inits=CONSTANT_INITS,
+        notices=[str(n) for n in m.get("notices") or []],
         generated=_dt.datetime.now().isoformat(timespec="seconds"),
         version=__version__,
     )

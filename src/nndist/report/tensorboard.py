@@ -20,6 +20,12 @@ Gradients runs
       from ``per_sample/<layer>.<stat>.npy`` when present, else an approximation from the
       quantiles in gradients.parquet (exact count, sum, sum of squares, min and max).
 
+Compare runs
+    * histograms ``weights/<tensor>`` with the source's position as the step (0 = A, 1 = B, ...)
+      from histograms.parquet, moments from compare.parquet;
+    * scalars ``shift/rel_change``, ``shift/w1``, ``shift/ks`` with the tensor's depth position as
+      the step (``shift/<col>/<B>`` per pair with three or more sources).
+
 The events are written into a temporary directory and moved into ``tb/`` when complete; the
 previous ``*.nndist-tables`` files are replaced, other event files (e.g. written live during
 training) are left alone.
@@ -175,8 +181,49 @@ def _write_gradients(run: RunDir, writer, bins: int) -> None:
                              n=rec.n, total=total, sumsq=sumsq, vmin=qs[0], vmax=qs[-1])
 
 
+def _write_monitor(run: RunDir, writer, bins: int) -> None:
+    from .monitor_events import write_monitor_events  # it builds on this module's helpers
+
+    write_monitor_events(run, writer, bins)
+
+
+def _write_compare(run: RunDir, writer, bins: int) -> None:
+    table, hist = run.table("compare"), run.table("histograms")
+    if table is None or hist is None:
+        return
+    labels = [s.get("label") for s in run.manifest.get("sources") or []]
+    step_of = {label: i for i, label in enumerate(labels)}
+    moments = {}
+    for rec in table.itertuples(index=False):
+        moments.setdefault((rec.a, rec.tensor), (rec.mean_a, rec.std_a))
+        moments.setdefault((rec.b, rec.tensor), (rec.mean_b, rec.std_b))
+    for (source, tensor), g in hist.groupby(["source", "tensor"], sort=False):
+        left, right, count = (g[c].to_numpy(float) for c in ("left", "right", "count"))
+        limits, counts = _raw_from_bins(left, right, count)
+        n = count.sum()
+        mean, std = moments.get((source, tensor), (np.nan, np.nan))
+        if np.isfinite(mean) and np.isfinite(std):
+            total, sumsq = _moments(n, mean, std)
+        else:
+            centres = (left + right) / 2
+            total, sumsq = (count * centres).sum(), (count * centres**2).sum()
+        _add_raw(writer, f"weights/{tensor}", step_of.get(source, 0), limits, counts, n=n, total=total, sumsq=sumsq,
+                 vmin=left.min(), vmax=right.max())
+    depth = {t: i for i, t in enumerate(dict.fromkeys(hist["tensor"]))}
+    pairs = list(dict.fromkeys(zip(table["a"], table["b"])))
+    for a, b in pairs:
+        rows = table[(table["a"] == a) & (table["b"] == b) & (table["status"] == "compared")]
+        suffix = f"/{b}" if len(pairs) > 1 else ""
+        for rec in sorted(rows.itertuples(index=False), key=lambda r: depth.get(r.tensor, len(depth))):
+            for col in ("rel_change", "w1", "ks"):
+                value = float(getattr(rec, col))
+                if np.isfinite(value):
+                    writer.add_scalar(f"shift/{col}{suffix}", value, depth.get(rec.tensor, len(depth)))
+
+
 #: What each kind of run writes as TensorBoard events: ``fn(run, writer, bins)``.
-WRITERS = {layout.REPRODUCE: _write_reproduce, layout.GRADIENTS: _write_gradients}
+WRITERS = {layout.REPRODUCE: _write_reproduce, layout.GRADIENTS: _write_gradients, layout.MONITOR: _write_monitor,
+           layout.COMPARE: _write_compare}
 
 
 def write_tensorboard(run_dir: str | os.PathLike[str], *, bins: int = 64) -> Path:

@@ -20,6 +20,7 @@ __all__ = [
     "FIGURES_DIR",
     "FIGURE_FORMATS",
     "GRADIENTS",
+    "KIND_FIGURES",
     "KINDS",
     "MANIFEST",
     "MONITOR",
@@ -38,6 +39,10 @@ __all__ = [
     "retired_dir",
     "staging_dir",
     "parse_run_key",
+    "PART_DIGITS",
+    "part_file",
+    "part_name",
+    "parse_part_step",
     "per_sample_file",
     "run_key",
     "stage_epoch",
@@ -67,6 +72,16 @@ STATE_FILES: dict[str, str] = {REPRODUCE: f"{STATE_DIR}/train.pt", GRADIENTS: f"
 FIGURE_FORMATS: dict[str, tuple[str, ...]] = {
     "fig1_loss": ("png", "svg"), "fig2_weights": ("png", "svg"), "fig3_features": ("png", "svg"),
     "evolution": ("png", "svg"), "overview": ("png", "svg"), "fig4": ("png",), "heatmap": ("png",),
+    "compare_shift": ("png", "svg"), "compare_histograms": ("png", "svg"),
+    # monitor runs: one figure per table (``_<table>``), drawn for every watched layer
+    "bands": ("png",), "std_heatmap": ("png",), "last_histograms": ("png",), "channel_gradients": ("png",),
+}
+#: The static figures of each kind of run (names of :data:`FIGURE_FORMATS`).
+KIND_FIGURES: dict[str, tuple[str, ...]] = {
+    REPRODUCE: ("fig1_loss", "fig2_weights", "fig3_features", "evolution"),
+    GRADIENTS: ("overview", "fig4", "heatmap"),
+    COMPARE: ("compare_shift", "compare_histograms"),
+    MONITOR: ("bands", "std_heatmap", "last_histograms", "channel_gradients"),
 }
 
 #: Stages of the distributions of a reproduce run; ``epoch_K`` lies between them.
@@ -93,6 +108,31 @@ def retired_dir(run_dir: Path) -> Path:
 def table_file(name: str) -> str:
     """The Parquet file of table ``name`` (``"loss"`` -> ``loss.parquet``)."""
     return f"{name}.parquet"
+
+
+_PART = re.compile(r"^part-(\d+)\.parquet$")
+#: Digits of the step in a part's name: names sort in step order.
+PART_DIGITS = 12
+
+
+def part_file(name: str, step: int) -> str:
+    """One logging step's rows of table ``name`` while a monitor runs: ``<name>.parquet/part-<step>.parquet``.
+
+    The folder ``<name>.parquet`` reads as one table (``pandas.read_parquet``); ``close()``
+    compacts it into the single file :func:`table_file` names.
+    """
+    return f"{table_file(name)}/{part_name(step)}"
+
+
+def part_name(step: int) -> str:
+    """The file name of one step's part: ``part-<step, zero-padded>.parquet``."""
+    return f"part-{int(step):0{PART_DIGITS}d}.parquet"
+
+
+def parse_part_step(filename: str) -> int | None:
+    """The step of a part's file name (``part-000000000017.parquet`` -> 17), None for other names."""
+    m = _PART.match(filename)
+    return int(m.group(1)) if m else None
 
 
 def layer_file_stem(layer: str) -> str:

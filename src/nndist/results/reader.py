@@ -76,7 +76,7 @@ class RunDir:
         named = cfg.get("layers") if isinstance(cfg.get("layers"), list) else None
         if named is None and isinstance(self.manifest.get("layers"), dict):
             named = list(self.manifest["layers"])
-        seen = list(dict.fromkeys(df["layer"].astype(str))) if df is not None and "layer" in df else []
+        seen = [str(x) for x in pd.unique(df["layer"])] if df is not None and "layer" in df else []  # first-seen order
         if named:
             named = [str(x) for x in named]
             return [x for x in named if not seen or x in seen] + [x for x in seen if x not in named]
@@ -154,7 +154,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunDir:
 
 
 def _read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame | None:
-    if not path.is_file():
+    """A table from its file, or from its folder of part files while a monitor runs (None if neither)."""
+    if path.is_dir():
+        if not any(layout.parse_part_step(p.name) is not None for p in path.iterdir()):
+            return None
+    elif not path.is_file():
         return None
     try:
         df = pd.read_parquet(path)

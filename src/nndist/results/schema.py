@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..stats.summary import SUMMARY_COLUMNS
-from .layout import GRADIENTS, REPRODUCE
+from ..stats.weightstats import COMPARE_COLUMNS
+from .layout import COMPARE, GRADIENTS, MONITOR, REPRODUCE
 
-__all__ = ["HISTOGRAM_COLUMNS", "SUMMARY_COLUMNS", "TABLES", "TableSpec", "columns", "spec"]
+__all__ = ["COLUMN_TYPES", "HISTOGRAM_COLUMNS", "SUMMARY_COLUMNS", "TABLES", "TableSpec", "arrow_schema", "columns", "spec"]
 
 #: One row per non-empty bin of a summary's histogram, on the fixed global edges.
 HISTOGRAM_COLUMNS: tuple[str, ...] = ("table", "init", "seed", "layer", "param", "input", "stage", "left", "right", "count")
@@ -51,12 +52,41 @@ TABLES: dict[str, dict[str, TableSpec]] = {
     GRADIENTS: {
         "gradients": TableSpec(("layer", "channel", "stat"), SUMMARY_COLUMNS),
     },
+    MONITOR: {
+        "weights": TableSpec(("step", "layer", "param", "channel"), SUMMARY_COLUMNS, order="step"),
+        "grads": TableSpec(("step", "layer", "param", "channel"), SUMMARY_COLUMNS, order="step"),
+        "features": TableSpec(("step", "layer", "channel"), SUMMARY_COLUMNS, order="step"),
+        "gradients": TableSpec(("step", "layer", "channel", "stat"), SUMMARY_COLUMNS, order="step"),
+        "histograms": TableSpec(("table", "step", "layer", "param"), ("left", "right", "count"), order="step"),
+    },
+    COMPARE: {
+        # a, b: the labels of the pair's sources (manifest "sources"); status: what the row holds
+        # (nndist.stats.weightstats.COMPARE_STATUSES); rows ranked most changed first.
+        "compare": TableSpec(("a", "b", "tensor"), COMPARE_COLUMNS[1:] + ("status",)),
+        # The histogram of every summarised tensor of every source, on the fixed global edges.
+        "histograms": TableSpec(("source", "tensor"), HISTOGRAM_COLUMNS[7:]),
+    },
+}
+
+#: Column types of the tables written in parts (a monitor's), so that every part has the same
+#: schema whatever its values (a part whose ``channel`` is all null is still int64). Columns not
+#: named here are float64.
+COLUMN_TYPES: dict[str, str] = {
+    "step": "int64", "channel": "int64", "n": "int64", "nonfinite": "int64", "count": "int64",
+    "layer": "string", "param": "string", "table": "string", "stat": "string",
 }
 
 
 def spec(kind: str, name: str) -> TableSpec:
     """The :class:`TableSpec` of table ``name`` of a ``kind`` of run."""
     return TABLES[kind][name]
+
+
+def arrow_schema(kind: str, name: str):  # -> pyarrow.Schema (pyarrow imported on use)
+    """The pyarrow schema of table ``name`` of a ``kind`` of run, from :data:`COLUMN_TYPES`."""
+    import pyarrow as pa
+
+    return pa.schema([(c, getattr(pa, COLUMN_TYPES.get(c, "float64"))()) for c in TABLES[kind][name].columns])
 
 
 def columns(kind: str, name: str) -> list[str]:

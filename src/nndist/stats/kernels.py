@@ -34,6 +34,22 @@ BLOCK = 1 << 16
 
 if AVAILABLE:
 
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def power_sums(x, lo, hi, ref):  # pragma: no cover - compiled
+        """``sum (x[i] - ref)^p`` for p = 1..4 over ``x[lo:hi]``, in float64 (vectorised)."""
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        s4 = 0.0
+        for i in range(lo, hi):  # vectorised (reassociation allowed): the power sums only
+            d = np.float64(x[i]) - ref
+            d2 = d * d
+            s1 += d
+            s2 += d2
+            s3 += d2 * d
+            s4 += d2 * d2
+        return s1, s2, s3, s4
+
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
     def _kernel(x, ref, shift, mask, nbins, nthreads):  # pragma: no cover - compiled
         n = x.shape[0]
@@ -46,17 +62,7 @@ if AVAILABLE:
         for b in numba.prange(blocks):
             lo = b * BLOCK
             hi = min(n, lo + BLOCK)
-            s1 = 0.0
-            s2 = 0.0
-            s3 = 0.0
-            s4 = 0.0
-            for i in range(lo, hi):  # vectorised (reassociation allowed): the power sums only
-                d = np.float64(x[i]) - ref
-                d2 = d * d
-                s1 += d
-                s2 += d2
-                s3 += d2 * d
-                s4 += d2 * d2
+            s1, s2, s3, s4 = power_sums(x, lo, hi, ref)
             sums[b, 0] = s1
             sums[b, 1] = s2
             sums[b, 2] = s3

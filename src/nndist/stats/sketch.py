@@ -124,6 +124,19 @@ def _store_add_sparse(off: int, arr: np.ndarray, ch: np.ndarray, keys: np.ndarra
     return off, arr
 
 
+_EDGE_TABLES: dict[tuple[int, float], tuple[int, np.ndarray]] = {}
+
+
+def _edge_table(sketch: "Sketch") -> tuple[int, np.ndarray]:
+    """(first position, edges) of every position of a finite float32 magnitude key, both signs."""
+    key = (sketch.m, sketch.min_abs)
+    if key not in _EDGE_TABLES:
+        top = (255 << sketch.m) - sketch.key0 + 1  # positions of keys below float32's Inf/NaN keys
+        j = np.arange(-top - 1, top + 1, dtype=np.int64)
+        _EDGE_TABLES[key] = (int(j[0]), sketch._edge(j))
+    return _EDGE_TABLES[key]
+
+
 class Sketch:
     """Bucket counts of C channels on the global edges of ``(m, min_abs)``.
 
@@ -294,8 +307,18 @@ class Sketch:
         return lo + int(cols[0]), dense[:, cols[0] : cols[-1] + 1]
 
     def edge(self, j: np.ndarray | int) -> np.ndarray:
-        """Edge e_j between positions j and j+1, float64, exact."""
+        """Edge e_j between positions j and j+1, float64, exact.
+
+        Edges of float32 keys come from a table made once per ``(m, min_abs)`` (the report and
+        the monitor ask for thousands of edges per summary); others are computed.
+        """
         j = np.asarray(j, dtype=np.int64)
+        first, table = _edge_table(self)
+        if j.size and int(j.min()) >= first and int(j.max()) < first + table.size:
+            return table[j - first]
+        return self._edge(j)
+
+    def _edge(self, j: np.ndarray) -> np.ndarray:
         aj = np.where(j >= 0, j, -j - 1)
         mag = np.where(aj == 0, self.min_abs, key_edges(aj + self.key0, self.m))
         return np.where(j >= 0, mag, -mag)
@@ -323,9 +346,13 @@ class Sketch:
             cdf = cum / n.reshape(-1, 1)
         return edges, cdf
 
-    def quantiles(self, q: np.ndarray, n: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """(C, len(q)) quantiles: bucket representatives clipped to the exact [lo, hi]; NaN where n = 0."""
-        p_lo, counts = self.positions()
+    def quantiles(self, q: np.ndarray, n: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  positions: tuple[int, np.ndarray] | None = None) -> np.ndarray:
+        """(C, len(q)) quantiles: bucket representatives clipped to the exact [lo, hi]; NaN where n = 0.
+
+        ``positions`` is :meth:`positions` when the caller has it already.
+        """
+        p_lo, counts = self.positions() if positions is None else positions
         out = np.full((self.c, q.size), np.nan)
         cum = np.cumsum(counts, axis=1)
         for ch in range(self.c):
@@ -349,7 +376,8 @@ class Sketch:
                     out[ch] = np.interp(x, edges, cdf[ch], left=0.0, right=1.0)
         return out
 
-    def ks_normal_bounds(self, n: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def ks_normal_bounds(self, n: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                         positions: tuple[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds (C,) of the exact KS statistic against N(mean, std^2).
 
         The lower bound is ``max_e |F(e) - Phi(e)|`` over bucket edges e (F exact there). Inside
@@ -357,7 +385,7 @@ class Sketch:
         ``|F(x) - Phi(x)| <= max(|F(e_j) - Phi(e_{j-1})|, |Phi(e_j) - F(e_{j-1})|)``, whose
         maximum over buckets is the upper bound. NaN where n = 0 or std = 0.
         """
-        p_lo, counts = self.positions()
+        p_lo, counts = self.positions() if positions is None else positions
         lower = np.full(self.c, np.nan)
         upper = np.full(self.c, np.nan)
         if counts.shape[1]:

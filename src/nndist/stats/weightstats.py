@@ -49,7 +49,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -519,6 +519,7 @@ def compare(
     against: str = "first",
     progress: bool = False,
     buffers: bool = False,
+    on_summary: Callable[[int, str, Summary], None] | None = None,
 ) -> pd.DataFrame:
     """How the tensors of two or more checkpoints differ, ranked most changed first.
 
@@ -553,6 +554,9 @@ def compare(
         against: ``"first"`` or ``"previous"``.
         progress: show a progress bar over tensor names.
         buffers: for ``nn.Module`` sources, include persistent buffers.
+        on_summary: called as ``on_summary(source_index, name, summary)`` once for every
+            floating tensor of every source that takes part in a pair, when it is read (to keep
+            its histogram without reading the tensor again).
 
     Returns:
         the ranked table (a fresh 0..n-1 index).
@@ -582,6 +586,8 @@ def compare(
                     for k in (i, j):
                         if k not in sides:
                             sides[k] = _Side.read(srcs[k], name)
+                            if on_summary is not None and sides[k].summary is not None:
+                                on_summary(k, name, sides[k].summary)
                     row = _compare_row(name, sides[i], sides[j])
                     records.append({"a": names[i], "b": names[j], "_pair": p, "_order": position, **row})
                 del sides

@@ -1,7 +1,9 @@
-"""The studies: the initialisation study (``reproduce``), channel-wise gradients, evaluation."""
+"""The studies: the initialisation study (``reproduce``), channel-wise gradients, evaluation,
+comparing checkpoints."""
 
 from __future__ import annotations
 
+from .compare import run_compare
 from .evaluate import evaluate_model
 from .gradient_config import GradientsConfig
 from .gradient_study import GradientStudy, run_gradients
@@ -18,6 +20,7 @@ __all__ = [
     "evaluate_model",
     "evaluate_runs",
     "run_adam",
+    "run_compare",
     "run_gradients",
     "run_reproduce",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from .. import dist
 from ..data import load_split, resolve_samples, stratified_subset
@@ -85,6 +86,8 @@ class GradientStudy:
         else:
             self.mean, self.std = self.data.pixel_statistics(self.indices)
             self.notices.append("normalised with the data's own per-channel mean and std (of the selected images; pass mean= and std= to choose)")
+        # A user's own module gets its train/eval flags back when the run ends.
+        self._modes = [(m, m.training) for m in model.modules()] if isinstance(cfg.model, nn.Module) else []
         self.model = model.to(self.device).eval()
         self.fingerprint = fingerprint(self.model)
         self.layers, self.unsupported, self.no_local_gradient = self._probe_layers()
@@ -111,7 +114,8 @@ class GradientStudy:
         probe = self._measure_batch(*self._batch(self.indices[:2]), chosen_layers(self.cfg, self.model))
         modules = dict(self.model.named_modules())
         layers = {name: {"type": type(modules[name]).__name__ if name in modules else "projection",
-                         "c_out": int(r.emission.shape[1]), "c_in": int(r.absorption.shape[1])}
+                         "c_out": int(r.norm_sum.shape[0]), "c_in": int(r.norm_sum.shape[1]),
+                         "channels": {"emission": int(r.emission.shape[1]), "absorption": int(r.absorption.shape[1])}}
                   for name, r in probe.items()}
         unsupported = dict(getattr(probe, "unsupported", {}))
         if not layers:
@@ -125,7 +129,7 @@ class GradientStudy:
     def _fresh_state(self) -> None:
         ra = self.cfg.relative_accuracy
         self.summaries = {
-            (name, stat): Summary(channels=info["c_out" if stat == "emission" else "c_in"], relative_accuracy=ra)
+            (name, stat): Summary(channels=info["channels"][stat], relative_accuracy=ra)
             for name, info in self.layers.items()
             for stat in STATS
         }
@@ -169,6 +173,8 @@ class GradientStudy:
             dist.barrier(self.dist)
         finally:
             self.writer.release()
+            for module, training in self._modes:
+                module.training = training
         return self.out
 
     @property
@@ -256,7 +262,7 @@ class GradientStudy:
             return
         for name, info in self.layers.items():
             for stat in STATS:
-                c = info["c_out" if stat == "emission" else "c_in"]
+                c = info["channels"][stat]
                 self.arrays[(name, stat)] = self.writer.per_sample_array(name, stat, (len(self.indices), c), create=create)
 
     def _save_state(self) -> None:

@@ -232,6 +232,7 @@ class InitStudy:
                 if self.pos.step_in_epoch == 0:
                     self.pos.new_epoch(len(self.my_keys))
                 self.pos.epoch = epoch
+                t_epoch = time.perf_counter()
                 for step in range(self.pos.step_in_epoch, steps_per_epoch):
                     if self.runs is not None:
                         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -241,9 +242,15 @@ class InitStudy:
                     bar.update(1)
                     if cfg.checkpoint_every and self.pos.global_step % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
                         self._save_state()
+                t_valid = time.perf_counter()
                 self._end_epoch(epoch)
                 self.pos.step_in_epoch = 0
+                t_save = time.perf_counter()
+                # Where each epoch's time goes (steps, validation, state save), to see a run slow down.
+                self.timings.setdefault("epochs", []).append(
+                    {"epoch": epoch, "steps_s": round(t_valid - t_epoch, 3), "validation_s": round(t_save - t_valid, 3)})
                 self._save_state()
+                self.timings["epochs"][-1]["save_s"] = round(time.perf_counter() - t_save, 3)
         finally:
             bar.close()
         self.timings["train"] = self.timings.get("train", 0.0) + time.perf_counter() - t0

@@ -1,0 +1,152 @@
+"""Cost of ``nndist.Monitor`` in a training loop, against the plain loop and the hand-written TensorBoard way.
+
+torchvision ``resnet18(num_classes=10)`` at 32x32, batch 32, SGD, in one process on the CPU
+(``--device cuda``: ``resnet50`` at 224x224, batch 64). Four loops over the same fixed batch:
+
+* plain: forward, backward, ``optimizer.step()``;
+* ``Monitor(every=20)`` and ``Monitor(every=1)``: weights, grads and features of every layer with
+  parameters (62 parameter tensors and 41 layer outputs for resnet18);
+* the TensorBoard way: ``SummaryWriter.add_histogram`` of every parameter and gradient at every step.
+
+Each repeat runs every loop once, in turn (interleaved, so a slow moment of a shared machine hits
+all of them), over a window of ``--steps`` steps (a window of the ``every=20`` loop holds exactly
+one logging step); the per-step time of a loop is its mean over a window, and the medians over
+the repeats are reported. On CUDA the monitor's host syncs are counted with
+``torch.cuda.set_sync_debug_mode("warn")`` around ``step()``.
+
+Usage: python benchmarks/bench_monitor.py [--repeats 3] [--steps 20] [--device cpu|cuda]
+Last line: sparse_overhead=<every=20 / plain> dense_overhead=<every=1 / plain> tb_ratio=<tb / every=1>
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import nndist  # noqa: E402
+
+
+def machine(device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if device == "cuda" else ""
+    return f"{cpu}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}"
+
+
+class Loop:
+    """One training loop: the model, its optimiser and what runs at each step."""
+
+    def __init__(self, name: str, args, kind: str, out: Path) -> None:  # noqa: ANN001
+        import torchvision
+
+        torch.manual_seed(0)
+        big = args.device == "cuda"
+        self.name, self.kind, self.device = name, kind, args.device
+        self.model = (torchvision.models.resnet50 if big else torchvision.models.resnet18)(num_classes=10).to(args.device)
+        size, batch = (224, 64) if big else (32, 32)
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(batch, 3, size, size, generator=g).to(args.device)
+        self.y = torch.randint(0, 10, (batch,), generator=g).to(args.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.monitor = None
+        self.writer = None
+        self.syncs: list[int] = []
+        if kind.startswith("every="):
+            self.monitor = nndist.Monitor(self.model, out / name, every=int(kind.split("=")[1]))
+        elif kind == "tb":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(out / name))
+        self.step_no = 0
+
+    def step(self) -> None:
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        if self.monitor is not None:
+            if self.device == "cuda":
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    torch.cuda.set_sync_debug_mode("warn")
+                    logged = self.monitor.step()
+                    torch.cuda.set_sync_debug_mode("default")
+                if logged:
+                    self.syncs.append(sum("synchroniz" in str(w.message) for w in caught))
+            else:
+                self.monitor.step()
+        if self.writer is not None:
+            for name, p in self.model.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", p, self.step_no)
+                self.writer.add_histogram(f"grads/{name}", p.grad, self.step_no)
+        self.opt.step()
+        self.opt.zero_grad()
+        self.step_no += 1
+
+    def window(self, steps: int) -> float:
+        """Mean seconds per step over ``steps`` steps."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close(report=False)
+        if self.writer is not None:
+            self.writer.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20, help="steps per window (every=20 logs once per window)")
+    ap.add_argument("--tb-steps", type=int, default=5, help="steps per window of the TensorBoard loop")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="nndist-bench-monitor-") as tmp:
+        loops = [Loop(name, args, kind, Path(tmp)) for name, kind in
+                 (("plain", "plain"), ("every=20", "every=20"), ("every=1", "every=1"), ("tensorboard", "tb"))]
+        for loop in loops:  # warm-up: allocator, compiled kernels, first writes
+            loop.window(2)
+            loop.step_no = 0 if loop.monitor is None else loop.step_no
+        times: dict[str, list[float]] = {loop.name: [] for loop in loops}
+        for _ in range(args.repeats):
+            for loop in loops:
+                if loop.monitor is not None and loop.kind == "every=20":
+                    while (loop.monitor._next % 20) != 1:  # a window starts just after a logging step
+                        loop.step()
+                times[loop.name].append(loop.window(args.tb_steps if loop.kind == "tb" else args.steps))
+        for loop in loops:
+            loop.close()
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(f"machine: {machine(args.device)}")
+    print(f"{'loop':<14}{'ms/step (median)':>18}{'repeats (ms)':>40}")
+    for name, t in times.items():
+        print(f"{name:<14}{1e3 * med[name]:>18.1f}{'  '.join(f'{1e3 * v:.1f}' for v in t):>40}")
+    if args.device == "cuda":
+        for loop in loops:
+            if loop.syncs:
+                print(f"{loop.name}: host syncs per logging step {sorted(set(loop.syncs))}")
+    print(f"sparse_overhead={med['every=20'] / med['plain']:.3f} dense_overhead={med['every=1'] / med['plain']:.3f} "
+          f"tb_ratio={med['tensorboard'] / med['every=1']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Summaries of the many tensors of one step, each computed where its tensor is.
+
+:class:`StepSummaries` is what a training monitor fills during a step (weights, grads, the
+outputs of layers) and empties at its end. Each tensor takes the cheapest exact path:
+
+* float32/float16/bfloat16 on CUDA (or any non-CPU device): :class:`~nndist.stats.device.DevicePartials`,
+  device ops only and one transfer per device for the whole step;
+* the same dtypes on the CPU: the serial compiled pass of :mod:`~nndist.stats.partials_cpu`
+  on a thread pool (no OpenMP, so no contention with torch's threads);
+* anything else (float64, integers, or an accuracy finer than the int16 keys allow):
+  :meth:`Summary.update`.
+
+Per-channel summaries go through the device path on every device (torch ops; on the CPU that
+is its literal twin in the tests) and, asked for, give the scalar summary of the same tensor by
+:func:`~nndist.stats.partials.collapse`, so the values are read once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+import torch
+
+from . import partials_cpu
+from .device import DTYPES, DevicePartials
+from .partials import KeySpace, collapse
+from .summary import Summary
+
+__all__ = ["StepSummaries"]
+
+
+class StepSummaries:
+    """Scalar and per-channel summaries of the tensors of one step, keyed by the caller.
+
+    Args:
+        relative_accuracy: of every summary (see :class:`Summary`).
+        min_abs: of every summary.
+        device_side: force the device path for CPU tensors too (tests; the literal twin of
+            the CPU kernel); None picks by device.
+
+    Attributes:
+        partials: the device-side accumulator (its ``transfers`` counts host transfers).
+    """
+
+    def __init__(self, relative_accuracy: float = 0.01, min_abs: float = 1e-12, *, device_side: bool | None = None) -> None:
+        self.space = KeySpace(relative_accuracy, min_abs)
+        self.partials = DevicePartials(self.space) if self.space.supported else None
+        self._device_side = device_side
+        self._host: dict[Hashable, Summary] = {}
+        self._host_channels: dict[Hashable, Summary] = {}
+        self._with_whole: set[Hashable] = set()
+
+    def _path(self, x: torch.Tensor) -> str:
+        if self.partials is None or x.dtype not in DTYPES:
+            return "host"
+        if self._device_side or (self._device_side is None and x.device.type != "cpu"):
+            return "device"
+        return "cpu" if partials_cpu.AVAILABLE else "device"
+
+    def _merge_host(self, store: dict[Hashable, Summary], key: Hashable, s: Summary) -> None:
+        if key in store:
+            store[key].merge(s)
+        else:
+            store[key] = s
+
+    def add(self, key: Hashable, x: torch.Tensor) -> None:
+        """Adds the values of ``x`` to ``key``'s scalar summary (repeated adds accumulate)."""
+        self.add_many([(key, x)])
+
+    def add_many(self, items: Iterable[tuple[Hashable, torch.Tensor]]) -> None:
+        """Adds many ``(key, tensor)`` pairs; the device path reduces small ones together."""
+        device, cpu = [], []
+        for key, x in items:
+            path = self._path(x)
+            if path == "host":
+                self._merge_host(self._host, key, Summary(relative_accuracy=self.space.relative_accuracy,
+                                                          min_abs=self.space.min_abs).update(x.detach()))
+            elif path == "cpu":
+                cpu.append((key, x.detach()))
+            else:
+                device.append((key, x.detach()))
+        if cpu:  # computed now: the tensor may change after this call (an in-place ReLU)
+            for (key, _), s in zip(cpu, partials_cpu.cpu_summaries(self.space, [x for _, x in cpu])):
+                self._merge_host(self._host, key, s)
+        if device:
+            assert self.partials is not None
+            if len(device) == 1 or any(self.partials.has(k) for k, _ in device):
+                for key, x in device:
+                    self.partials.add(key, x)
+            else:
+                self.partials.add_group(device)
+
+    def add_channels(self, key: Hashable, x: torch.Tensor, dim: int, *, whole: bool = False) -> None:
+        """Adds ``x`` to ``key``'s per-channel summary over dimension ``dim``.
+
+        Args:
+            key: the summary's key.
+            x: the values; channel c holds those with index c in ``dim``.
+            dim: the channel dimension.
+            whole: also give ``key``'s scalar summary (the channels merged) from :meth:`collect`.
+        """
+        if whole:
+            self._with_whole.add(key)
+        if self.partials is None or x.dtype not in DTYPES:
+            x = x.detach()
+            c = x.shape[dim] if x.ndim else 1
+            values = x.movedim(dim, -1).reshape(-1, c) if x.ndim else x.reshape(1, 1)
+            self._merge_host(self._host_channels, key, Summary(c, relative_accuracy=self.space.relative_accuracy,
+                                                               min_abs=self.space.min_abs).update(values))
+        else:
+            self.partials.add_channels(key, x, dim)
+
+    @property
+    def transfers(self) -> int:
+        """Device-to-host transfers made by the device path so far."""
+        return 0 if self.partials is None else self.partials.transfers
+
+    def collect(self) -> tuple[dict[Hashable, Summary], dict[Hashable, Summary]]:
+        """``(scalar summaries, per-channel summaries)`` of everything added; then empties."""
+        whole, chans = dict(self._host), dict(self._host_channels)
+        if self.partials is not None and len(self.partials):
+            dev_whole, dev_chans = self.partials.collect()
+            for key, s in dev_whole.items():
+                self._merge_host(whole, key, s)
+            for key, s in dev_chans.items():
+                self._merge_host(chans, key, s)
+        for key in self._with_whole:
+            if key in chans:
+                self._merge_host(whole, key, collapse(chans[key]))
+        self._host, self._host_channels, self._with_whole = {}, {}, set()
+        return whole, chans

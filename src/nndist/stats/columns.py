@@ -1,0 +1,130 @@
+"""The sketch columns of many scalar summaries in one compiled call: quantiles, KS points, coarse histograms.
+
+A monitor step turns a hundred and more summaries into rows. Per summary, :meth:`Summary.rows`
+makes some forty numpy calls on arrays of a few thousand buckets; here one compiled pass
+(:func:`sketch_columns`) walks every summary's bucket positions (concatenated) and gives:
+
+* the quantiles: the representative ``2 lo hi / (lo + hi)`` of the bucket holding rank
+  ``q (n - 1)``, clipped to the exact extremes, as :meth:`Sketch.quantiles` (the same float
+  operations in the same order, so the same values);
+* the points where the KS lower bound can peak: the edges next to non-empty buckets, with the
+  empirical CDF there (across a run of empty buckets the CDF is flat and the normal CDF rises, so
+  the maximum of ``|F - Phi|`` over the run is at one of its ends); the caller evaluates ``Phi``
+  with ``scipy.special.ndtr`` for all of them at once, as :meth:`Sketch.ks_normal_bounds` does;
+* the coarse histogram of :func:`nndist.stats.tables.coarse_histogram`.
+
+Edges come from the sketch's table of global edges (:func:`nndist.stats.sketch._edge_table`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+
+__all__ = ["AVAILABLE", "sketch_columns"]
+
+AVAILABLE = kernels.AVAILABLE
+
+if AVAILABLE:
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def _columns(flat, offsets, p_lo, n, lo, hi, q, table, first, key0, shift, min_abs):  # pragma: no cover - compiled
+        t = offsets.shape[0] - 1
+        quant = np.full((t, q.shape[0]), np.nan)
+        size = flat.shape[0] + t
+        at_edge = np.empty(size)
+        at_cdf = np.empty(size)
+        at_start = np.zeros(t + 1, dtype=np.int64)
+        h_left = np.empty(flat.shape[0])
+        h_right = np.empty(flat.shape[0])
+        h_count = np.empty(flat.shape[0], dtype=np.int64)
+        h_start = np.zeros(t + 1, dtype=np.int64)
+        na = 0
+        nh = 0
+        for i in range(t):
+            a, b = offsets[i], offsets[i + 1]
+            m = b - a
+            c = flat[a:b]
+            cum = np.cumsum(c)
+            if n[i] > 0 and m > 0:
+                for j in range(q.shape[0]):
+                    idx = np.searchsorted(cum, q[j] * (n[i] - 1.0), side="right")
+                    p = p_lo[i] + idx
+                    if p == 0:
+                        rep = 0.0
+                    else:
+                        ap = abs(p)
+                        e_lo = abs(table[ap - 1 - first])
+                        e_hi = abs(table[ap - first])
+                        rep = 2.0 * e_lo * e_hi / (e_lo + e_hi)
+                        if p < 0:
+                            rep = -rep
+                    if q[j] == 0.0:
+                        quant[i, j] = lo[i]
+                    elif q[j] == 1.0:
+                        quant[i, j] = hi[i]
+                    else:
+                        quant[i, j] = min(max(rep, lo[i]), hi[i])
+                for e in range(m + 1):  # edge e lies between buckets e - 1 and e
+                    if e == 0 or e == m or c[e - 1] > 0 or c[e] > 0:
+                        at_edge[na] = table[p_lo[i] - 1 + e - first]
+                        at_cdf[na] = (cum[e - 1] if e else 0) / n[i]
+                        na += 1
+            at_start[i + 1] = na
+            g_prev = np.int64(0)
+            have = False
+            for e in range(m):
+                if c[e] == 0:
+                    continue
+                p = p_lo[i] + e
+                g = np.int64(0) if p == 0 else (((key0 + abs(p) - 1) >> shift) + 1) * (1 if p > 0 else -1)
+                if have and g == g_prev:
+                    h_count[nh - 1] += c[e]
+                    continue
+                if g == 0:
+                    left, right = -min_abs, min_abs
+                else:
+                    mg = abs(g) - 1
+                    lo_p = max(1, (mg << shift) - key0 + 1)
+                    hi_p = ((mg + 1) << shift) - key0
+                    if g > 0:
+                        left, right = table[lo_p - 1 - first], table[hi_p - first]
+                    else:
+                        left, right = table[-hi_p - 1 - first], table[-lo_p - first]
+                h_left[nh] = left
+                h_right[nh] = right
+                h_count[nh] = c[e]
+                nh += 1
+                g_prev = g
+                have = True
+            h_start[i + 1] = nh
+        return quant, at_edge[:na], at_cdf[:na], at_start, h_left[:nh], h_right[:nh], h_count[:nh], h_start
+
+
+def sketch_columns(flat: np.ndarray, offsets: np.ndarray, p_lo: np.ndarray, n: np.ndarray, lo: np.ndarray,
+                   hi: np.ndarray, q: np.ndarray, table: np.ndarray, first: int, key0: int, shift: int,
+                   min_abs: float) -> tuple[np.ndarray, ...]:
+    """Quantiles, KS points and coarse histograms of T summaries' bucket positions.
+
+    Args:
+        flat: the bucket counts of every summary (:meth:`Sketch.positions`), concatenated, int64.
+        offsets: (T + 1,) start of each summary's counts in ``flat``.
+        p_lo: (T,) position of each summary's first bucket.
+        n, lo, hi: (T,) count of finite values and exact extremes (float64).
+        q: the quantile probabilities.
+        table, first: the edge table and the position of its first edge; every position
+            ``p_lo - 1 .. p_lo + m`` and its mirror must lie in it.
+        key0, shift: the key of ``min_abs`` and the coarse shift (fine buckets per coarse one: ``2^shift``).
+        min_abs: the zero bucket's half-width.
+
+    Returns:
+        ``(quantiles (T, len(q)), at_edge, at_cdf, at_start (T + 1,), left, right, count, h_start (T + 1,))``:
+        the KS points of summary i are ``at_*[at_start[i]:at_start[i + 1]]`` and its coarse buckets
+        ``left/right/count[h_start[i]:h_start[i + 1]]``.
+    """
+    return _columns(np.ascontiguousarray(flat, dtype=np.int64), np.asarray(offsets, dtype=np.int64),
+                    np.asarray(p_lo, dtype=np.int64), np.asarray(n, dtype=np.float64), np.asarray(lo, dtype=np.float64),
+                    np.asarray(hi, dtype=np.float64), np.asarray(q, dtype=np.float64), table, int(first), int(key0),
+                    int(shift), float(min_abs))
