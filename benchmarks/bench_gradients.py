@@ -1,27 +1,33 @@
-"""Benchmark: emission/absorption against a plain backward pass and the literal definition.
+"""Benchmark: emission/absorption against a plain backward pass, its floor and the literal definition.
 
-On a CIFAR ResNet-56 (random weights, eval mode), batch 128, 32x32 inputs, this machine's CPU:
+On the pretrained CIFAR ResNet-56 (``$NNDIST_MODELS_DIR/resnet56-*.th``; random weights when it is
+not set, and the first line says which) in eval mode, a batch of 128 CIFAR-10 test images
+(``$NNDIST_DATA_DIR/cifar10-jpeg``; random inputs otherwise), this machine's CPU:
 
 (a) plain forward + ``loss.backward()`` (parameter gradients included);
+(f) the floor: forward + input-only backward, ``torch.autograd.grad(loss, inputs)``: the least
+    any exact Emission/Absorption does (it must see ``G`` at every layer);
 (b) ``nndist.emission_absorption`` for every convolution and the linear layer;
 (c) the literal definition: the same plumbing, but each convolution's handler materialises every
     local gradient ``LG^{c1->c2}`` (one grouped transposed convolution per layer producing all
     ``C_out x C_in`` maps, cropped to the input) and takes their norms.
 
-Times are the median of ``--repeats`` runs after one warm-up, (a) and (b) interleaved (the
-literal, being slow, gets half as many). Peak memory is the process's peak
-resident set size (``VmHWM`` from ``/proc/self/status``; ``ru_maxrss`` elsewhere) in a fresh subprocess per method
-that builds the model and batch, runs the method twice, and exits; the table also shows the peak
-minus the RSS just before the first run (the memory the method itself adds).
+Run as a user's script runs it: no allocator tuning (``tune_allocator`` is the CLI's). Times are
+the median of ``--repeats`` runs after one warm-up, (a), (f) and (b) interleaved in one process
+(the literal, being slow, gets half as many). Peak memory is the process's peak resident set
+size (``VmHWM`` from ``/proc/self/status``; ``ru_maxrss`` elsewhere) in a fresh subprocess per
+method that builds the model and batch, runs the method twice, and exits; the table also shows the
+peak minus the RSS just before the first run (the memory the method itself adds).
 
-Usage: ``PYTHONPATH=src python benchmarks/bench_gradients.py [--batch 128] [--repeats 3]``.
-The last line is ``overhead_ratio=<b/a> literal_speedup=<c/b> memory_ratio=<peak b / peak a>``.
+Usage: ``PYTHONPATH=src python benchmarks/bench_gradients.py [--batch 128] [--repeats 7]``.
+The last line is ``overhead_ratio=<b/a> floor_ratio=<b/f> literal_speedup=<c/b> memory_ratio=<peak b / peak a>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,15 +43,34 @@ from nndist.probes.gradients import HANDLERS, LayerGradients, conv2d_handler, em
 from nndist.probes.gradients.conv2d import _padding, grouped_result
 
 
-def make_model() -> nn.Module:
+def _shared(var: str, pattern: str):
+    from pathlib import Path
+
+    root = os.environ.get(var)
+    found = sorted(Path(root).glob(pattern)) if root else []
+    return found[0] if found else None
+
+
+def make_model() -> tuple[nn.Module, str]:
     from nndist.models import create_model
 
-    return create_model("cifar_resnet56").eval()
+    weights = _shared("NNDIST_MODELS_DIR", "resnet56-*.th")
+    model = create_model("cifar_resnet56", weights=str(weights) if weights else None).eval()
+    return model, f"pretrained ({weights.name})" if weights else "random weights (NNDIST_MODELS_DIR not set)"
 
 
-def make_batch(batch: int) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+def make_batch(batch: int) -> tuple[Tensor, Tensor, str]:
+    data = _shared("NNDIST_DATA_DIR", "cifar10-jpeg")
+    if data is None:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g), "random inputs"
+    from nndist.data import load_split, stratified_subset
+    from nndist.models.registry import get_model_spec
+
+    spec = get_model_spec("cifar_resnet56")
+    test = load_split(str(data), "test", progress=False)
+    idx = stratified_subset(test.labels, batch, seed=0)
+    return test.normalized(spec.mean, spec.std, indices=idx), test.labels[idx], f"{batch} CIFAR-10 test images"
 
 
 def literal_conv2d_handler(module: nn.Module, input: Tensor, grad_output: Tensor) -> LayerGradients:
@@ -68,6 +93,11 @@ def run_plain(model: nn.Module, x: Tensor, y: Tensor) -> None:
     F.cross_entropy(model(x), y, reduction="sum").backward()
 
 
+def run_input_only(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    x = x.detach().requires_grad_(True)
+    torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
+
+
 def run_nndist(model: nn.Module, x: Tensor, y: Tensor) -> None:
     emission_absorption(model, x, y)
 
@@ -82,6 +112,7 @@ def run_literal(model: nn.Module, x: Tensor, y: Tensor) -> None:
 
 METHODS: dict[str, Callable[[nn.Module, Tensor, Tensor], None]] = {
     "plain": run_plain,
+    "input_only": run_input_only,
     "nndist": run_nndist,
     "literal": run_literal,
 }
@@ -114,8 +145,8 @@ def _vm_hwm_kib() -> int:
 
 def peak_memory_child(method: str, batch: int) -> None:
     torch.manual_seed(0)
-    model = make_model()
-    x, y = make_batch(batch)
+    model, _ = make_model()
+    x, y, _ = make_batch(batch)
     base = _vm_hwm_kib()
     METHODS[method](model, x, y)
     METHODS[method](model, x, y)
@@ -149,12 +180,9 @@ def check_agreement(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def main() -> None:
-    from nndist.allocator import tune_allocator
-
-    tune_allocator()  # as the nndist command does; applies to every method measured here
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--memory-child", choices=sorted(METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--skip-literal", action="store_true", help="skip (c), the slow literal timing")
     args = parser.parse_args()
@@ -162,26 +190,33 @@ def main() -> None:
         peak_memory_child(args.memory_child, args.batch)
         return
 
-    mems = {m: peak_memory(m, args.batch) for m in ("plain", "nndist")}
+    mems = {m: peak_memory(m, args.batch) for m in ("plain", "input_only", "nndist")}
     torch.manual_seed(0)
-    model = make_model()
-    x, y = make_batch(args.batch)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, cifar_resnet56 (eval)")
+    model, weights = make_model()
+    x, y, inputs = make_batch(args.batch)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, cifar_resnet56 (eval), "
+          f"{weights}, {inputs}")
     print(f"max relative difference nndist vs literal (float32): {check_agreement(model, x[:8], y[:8]):.2e}")
     times = timeit(
-        {m: (lambda m=m: METHODS[m](model, x, y)) for m in ("plain", "nndist")}, args.repeats
+        {m: (lambda m=m: METHODS[m](model, x, y)) for m in ("plain", "input_only", "nndist")}, args.repeats
     )
     if not args.skip_literal:  # slow: fewer repeats
         times.update(timeit({"literal": lambda: run_literal(model, x, y)}, max(1, args.repeats // 2)))
-    print(f"{'method':<10}{'time [s]':>10}{'peak RSS [MiB]':>16}{'added [MiB]':>13}")
+    print(f"{'method':<12}{'time [s]':>10}{'peak RSS [MiB]':>16}{'added [MiB]':>13}")
     for method, t in times.items():
         mem = mems.get(method)
         peak = f"{mem['peak_kib'] / 1024:16.0f}" if mem else f"{'-':>16}"
         added = f"{(mem['peak_kib'] - mem['base_kib']) / 1024:13.0f}" if mem else f"{'-':>13}"
-        print(f"{method:<10}{t:10.3f}{peak}{added}")
+        print(f"{method:<12}{t:10.3f}{peak}{added}")
     literal = times.get("literal", float("nan"))
+    if not args.skip_literal:  # the same three again in a process that has just done large work (the literal)
+        again = timeit({m: (lambda m=m: METHODS[m](model, x, y)) for m in ("plain", "input_only", "nndist")}, args.repeats)
+        print(f"after the literal's large allocations: plain {again['plain']:.3f} s, input_only {again['input_only']:.3f} s, "
+              f"nndist {again['nndist']:.3f} s; overhead_ratio={again['nndist'] / again['plain']:.3f} "
+              f"floor_ratio={again['nndist'] / again['input_only']:.3f}")
     print(
         f"overhead_ratio={times['nndist'] / times['plain']:.3f} "
+        f"floor_ratio={times['nndist'] / times['input_only']:.3f} "
         f"literal_speedup={literal / times['nndist']:.2f} "
         f"memory_ratio={mems['nndist']['peak_kib'] / mems['plain']['peak_kib']:.3f}"
     )
