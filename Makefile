@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/nndist reproduce --profile quick --data shapes --out runs/demo --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -7,6 +7,19 @@ from pathlib import Path
 
 import pytest
 
+# ``make test`` runs one pytest-xdist worker per core: each worker computes on one thread (two
+# workers of two threads each would fight over two cores), and its subprocesses inherit that.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
 
 def _env_dir(var: str) -> Path | None:
     value = os.environ.get(var)
