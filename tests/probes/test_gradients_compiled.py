@@ -112,17 +112,21 @@ def _written_out(g: Tensor, boxes) -> Tensor:  # type: ignore[no-untyped-def]
     return out
 
 
+def _compiled_plan(module: nn.Module, x: Tensor, G: Tensor):  # type: ignore[no-untyped-def]
+    """The compiled programs of ``module``'s geometry for input ``x`` and output gradient ``G``."""
+    return convnd._compiled(
+        tuple(x.shape[2:]), tuple(G.shape[2:]), tuple(module.kernel_size), tuple(module.stride),
+        tuple(module.dilation), convnd.leading_padding(module),
+    )
+
+
 @pytest.mark.parametrize("case", GEOMETRIES[:4] + GEOMETRIES[12:16], ids=geometry_id)
 def test_features_are_their_defining_sums(case: tuple) -> None:
     """The flat padded buffer (rows merged, offsets, lanes) gives each box's sum, with no torch in between."""
     module = make(case, 2, 3)
     x = torch.randn(2, 2, *case[2], dtype=torch.float64)
     G, _ = grad_at_output(module, x)
-    geometry = (
-        tuple(x.shape[2:]), tuple(G.shape[2:]), tuple(module.kernel_size), tuple(module.stride),
-        tuple(module.dilation), convnd.leading_padding(module),
-    )
-    cp = convnd._compiled(*geometry)
+    cp = _compiled_plan(module, x, G)
     used = (cp.plan.mix != 0).any(1).nonzero()[:, 0].tolist()
     want = _written_out(G, [cp.plan.boxes[i] for i in used])
     got = compiled.correlate(G, cp.program, cp.features)
@@ -198,11 +202,7 @@ def test_folded_weights_against_torch(case: tuple) -> None:
     module = make(case, 6, 5, groups=1)
     x = torch.randn(1, 6, *case[2], dtype=torch.float64)
     G, _ = grad_at_output(module, x)
-    geometry = (
-        tuple(x.shape[2:]), tuple(G.shape[2:]), tuple(module.kernel_size), tuple(module.stride),
-        tuple(module.dilation), convnd.leading_padding(module),
-    )
-    cp = convnd._compiled(*geometry)
+    cp = _compiled_plan(module, x, G)
     w = module.weight.detach().reshape(5, 6, -1)
     ww = convnd._tap_products(w, cp.plan)  # (C_out, C_in, T)
     assert rel_err(compiled.fold_taps(w, cp.taps), ww.transpose(1, 2)) <= 1e-14

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import NndistError
-from .reduce import pair_result
+from .reduce import compiled_serves, pair_result
 from .types import LayerGradients
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -315,19 +315,10 @@ def conv_local_gradient_sq_norms(
     )
     g = grad_output.contiguous()
     if compiled is None:
-        compiled = compiled_available(g)
+        compiled = compiled_serves(g)
     if compiled:
         return _sq_norms_compiled(weight, g, geometry)
     return _sq_norms_torch(weight, g, _plan(*geometry))
-
-
-def compiled_available(g: Tensor) -> bool:
-    """Whether the compiled pass (:mod:`.compiled`) serves ``G``: a float32/float64 CPU tensor."""
-    if g.device.type != "cpu" or g.dtype not in (torch.float32, torch.float64):
-        return False
-    from . import compiled as cc
-
-    return cc.AVAILABLE
 
 
 def _tap_products(w: Tensor, plan: _Plan) -> Tensor:

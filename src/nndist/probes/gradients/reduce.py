@@ -46,7 +46,8 @@ def channel_norms(grad_output: Tensor) -> Tensor:
     return grad_output.reshape(grad_output.shape[0], grad_output.shape[1], -1).pow(2).sum(2).sqrt()
 
 
-def _compiled_serves(t: Tensor) -> bool:
+def compiled_serves(t: Tensor) -> bool:
+    """Whether the compiled CPU passes (:mod:`.compiled`) serve ``t``: float32/float64, on the CPU, contiguous."""
     if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not t.is_contiguous():
         return False
     from .compiled import AVAILABLE
@@ -64,7 +65,7 @@ def pair_result(sq_norms: Tensor, groups: int, definition: str, grad_output: Ten
         grad_output: ``G`` ``(B, C_out, *spatial)``, for the code's absorption ``||G[c1]||``.
     """
     code_emission = sq_norms.sum(2).sqrt().T.contiguous() if definition == "author_code" else None  # (B, C_out)
-    if _compiled_serves(sq_norms):  # one pass: square roots and the three sums
+    if compiled_serves(sq_norms):  # one pass: square roots and the three sums
         from .compiled import paper_statistics
 
         emission, absorption, norm_sum = paper_statistics(sq_norms, groups)
