@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_gradients_literal import grad_at_output, literal_stats, rel_err
 from torch import Tensor, nn
 
 import nndist.probes.gradients as ndg
@@ -71,24 +72,6 @@ def literal_local_gradients(conv: nn.Conv2d, input_hw: tuple[int, int], G: Tenso
     return out
 
 
-def literal_stats(lg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    norms = lg.flatten(3).norm(dim=-1)  # (B, C_out, C_in)
-    return norms.sum(2), norms.sum(1), norms.sum(0)
-
-
-def rel_err(a: Tensor, b: Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
-
-
-def conv_and_grads(conv: nn.Conv2d, x: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """A random upstream gradient G and autograd's dL/dA for it."""
-    a = x.clone().requires_grad_()
-    v = conv(a)
-    G = torch.randn(v.shape, dtype=v.dtype, generator=torch.Generator().manual_seed(seed))
-    (da,) = torch.autograd.grad(v, a, G)
-    return G, da
-
-
 CONV_CASES = [
     dict(c_in=3, c_out=5, k=3, stride=1, padding=1),
     dict(c_in=4, c_out=6, k=3, stride=2, padding=1, bias=False),
@@ -131,7 +114,7 @@ def test_conv2d_against_literal(case: dict) -> None:
     x = torch.randn(3, case["c_in"], 11, 9, dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        G, da = conv_and_grads(conv, x)
+        G, da = grad_at_output(conv, x)
     lg = literal_local_gradients(conv, (11, 9), G)
     # the literal twin is right: summed over c1 it is autograd's input gradient
     assert rel_err(lg.sum(1), da) <= 1e-12
@@ -192,7 +175,7 @@ def test_conv2d_identity_property(
         return
     conv = nn.Conv2d(c_in, c_out, (k1, k2), stride=stride, padding=pad, dilation=dilation, groups=groups).double()
     x = torch.randn(2, c_in, h, w, dtype=torch.float64)
-    G, da = conv_and_grads(conv, x)
+    G, da = grad_at_output(conv, x)
     norms = conv2d_local_gradient_norms(
         conv.weight.detach(), G, (h, w), stride=(stride, stride), padding=(pad, pad),
         dilation=(dilation, dilation), groups=groups,
