@@ -31,9 +31,12 @@ def _data(kind: str, n: int = 150_000) -> np.ndarray:
 ALL = KINDS + ["sorted", "subnormal", "wide", "narrow", "constant"]
 
 
+@pytest.mark.parametrize("lanes_min", [kernels.LANES_MIN, 1], ids=["one-counter-set", "counter-sets"])
 @pytest.mark.parametrize("kind", ALL)
-def test_kernel_sums_and_counts_equal_the_literal_computation(kind: str) -> None:
-    x = _data(kind).astype(np.float32)
+def test_kernel_sums_and_counts_equal_the_literal_computation(kind: str, lanes_min: int, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(kernels, "LANES_MIN", lanes_min)
+    assert kernels.lanes_for(10**5) == (1 if lanes_min > 10**5 else kernels.LANES)
+    x = _data(kind).astype(np.float32)[:149_999]  # not a multiple of the counter sets
     m = 6
     sums, ref, lo, hi, counts = kernels.power_sums_and_counts(x, 23 - m, 9 + m)
     keys = (x.view(np.int32) >> (23 - m)) & ((1 << (9 + m)) - 1)
@@ -109,3 +112,23 @@ def test_kernel_rejects_wrong_arrays() -> None:
         kernels.power_sums_and_counts(np.zeros(10), 17, 15)
     with pytest.raises(ValueError, match="contiguous"):
         kernels.power_sums_and_counts(np.zeros(10, np.float32)[::2], 17, 15)
+
+
+def test_first_parallel_kernel_leaves_torch_thread_count_alone() -> None:
+    """Numba's OpenMP pool starts with ``omp_set_num_threads`` in the runtime torch shares; a fresh
+    process on one torch thread must stay on one after its first summary (else a resumed run,
+    which skips the first measurement, trains on another thread count than the original did)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from nndist.stats import Summary, kernels\n"
+            "calls = []\n"
+            "real = kernels.power_sums_and_counts\n"
+            "kernels.power_sums_and_counts = lambda *a, **k: calls.append(1) or real(*a, **k)\n"
+            "Summary().update(torch.randn(200_000))\n"
+            "print(len(calls), torch.get_num_threads())\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1"], out

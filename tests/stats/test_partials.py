@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from nndist.stats import Summary, partials_cpu
+from nndist.stats import Summary, kernels, partials_cpu
 from nndist.stats import columns as columns_mod
 from nndist.stats import device as device_mod
 from nndist.stats.batch import StepSummaries
@@ -155,7 +155,8 @@ def test_cpu_kernel_equals_float64_summary(kind: str, monkeypatch) -> None:  # n
         pytest.skip("numba is not installed")
     monkeypatch.setattr(partials_cpu, "CHUNK", 4096)  # several chunks per tensor, on the pool
     monkeypatch.setattr(partials_cpu, "COMPACT", 1000)  # both counting kernels
-    xs = [_values(kind, n, seed=n) for n in (1, 50, 999, 3 * 4096 + 7, 20_000)] + [torch.empty(0)]
+    monkeypatch.setattr(kernels, "LANES_MIN", 3000)  # and both ways of counting over the whole key space
+    xs = [_values(kind, n, seed=n) for n in (1, 50, 999, 2003, 3 * 4096 + 7, 20_000)] + [torch.empty(0)]
     for x, s in zip(xs, partials_cpu.cpu_summaries(SPACE, xs, threads=2)):
         assert_same(s, twin(x))
 
@@ -273,3 +274,27 @@ def test_coarse_histogram_groups_the_global_buckets(kind: str) -> None:
     assert np.array_equal(mantissa * 8, np.round(mantissa * 8))
     octave = right[(left > 0) & (left > 2 * s.min_abs)] / left[(left > 0) & (left > 2 * s.min_abs)]
     assert np.all(octave <= 1 + 1 / 8 + 1e-12)  # log-linear: 8 equal parts of each octave
+
+
+@pytest.mark.parametrize("kind", [*KINDS_ALL, "empty", "zero-bucket", "all-negative"])
+def test_one_channel_positions_equal_the_dense_construction(kind: str) -> None:
+    """The one-channel shortcut of ``Sketch.positions`` against the dense (C, m) construction,
+    on stores with empty columns at their ends (a merge of summaries with different ranges)."""
+    if kind == "empty":
+        xs = [torch.empty(0)]
+    elif kind == "zero-bucket":
+        xs = [torch.tensor([0.0, -0.0, 1e-13, -5e-13])]
+    elif kind == "all-negative":
+        xs = [-_values("lognormal", 500, 1).abs() - 1.0]
+    else:
+        xs = [_values(kind, 3000, 2), 1e3 * _values(kind, 50, 3)]
+    summaries = [twin(x) for x in xs] + partials_cpu.cpu_summaries(SPACE, xs) * partials_cpu.AVAILABLE
+    merged = twin(xs[0])
+    for x in xs[1:]:
+        merged.merge(twin(x))
+    for s in [*summaries, merged]:
+        sk = s._sketch  # noqa: SLF001 - the two constructions of one view
+        p_row, c_row = sk._positions_row()  # noqa: SLF001
+        p_dense, c_dense = sk._positions_dense()  # noqa: SLF001
+        assert c_row.shape == c_dense.shape and np.array_equal(c_row, c_dense)
+        assert c_row.shape[1] == 0 or p_row == p_dense

@@ -19,67 +19,115 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..threads import parallel_threads
+
 try:  # pragma: no cover - exercised by the import itself
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     numba = None
 
-__all__ = ["AVAILABLE", "BLOCK", "power_sums_and_counts"]
+__all__ = ["AVAILABLE", "BLOCK", "LANES", "LANES_MIN", "lanes_for", "power_sums_and_counts"]
 
 AVAILABLE = numba is not None
 
 # Values per block of the power sums; each block's float64 sums are one row of the result.
 BLOCK = 1 << 16
+#: Counter sets of the key loops: value ``i`` goes to set ``i % LANES``, so that a run of one key
+#: (the zeros of a ReLU output, of a sparse gradient) does not wait on one counter's last
+#: increment (89 % zeros: 1.7 ns per value with one set, 0.6 with four; 0.95 and 0.6 on a ReLU
+#: output; no change on weights; measured here). Zeroing and adding the sets costs about 20 us
+#: for the 2^15 keys, so arrays of fewer than :data:`LANES_MIN` values use one set.
+LANES = 4
+LANES_MIN = 1 << 18
+#: Accumulators of each power sum (:func:`power_sums_extremes`).
+SUM_LANES = 16
+
+
+def lanes_for(values: int) -> int:
+    """Counter sets for an array of ``values`` values (:data:`LANES` or 1)."""
+    return LANES if values >= LANES_MIN else 1
 
 
 if AVAILABLE:
 
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-    def power_sums(x, lo, hi, ref):  # pragma: no cover - compiled
-        """``sum (x[i] - ref)^p`` for p = 1..4 over ``x[lo:hi]``, in float64 (vectorised)."""
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        s4 = 0.0
-        for i in range(lo, hi):  # vectorised (reassociation allowed): the power sums only
-            d = np.float64(x[i]) - ref
+    def power_sums_extremes(x, lo, hi, ref):  # pragma: no cover - compiled
+        """``sum (x[i] - ref)^p`` for p = 1..4 (float64) and the extremes of ``x[lo:hi]`` (NaN is
+        passed over), in one read.
+
+        :data:`SUM_LANES` independent accumulators, added at the end: one chain per sum took
+        0.6 ns per value here, these 0.4 with the extremes included (which alone took 0.5).
+        """
+        a1 = np.zeros(SUM_LANES)
+        a2 = np.zeros(SUM_LANES)
+        a3 = np.zeros(SUM_LANES)
+        a4 = np.zeros(SUM_LANES)
+        vlo = np.full(SUM_LANES, x[lo])
+        vhi = np.full(SUM_LANES, x[lo])
+        end = lo + (hi - lo) // SUM_LANES * SUM_LANES
+        for i in range(lo, end, SUM_LANES):
+            for j in range(SUM_LANES):
+                v = x[i + j]
+                d = np.float64(v) - ref
+                d2 = d * d
+                a1[j] += d
+                a2[j] += d2
+                a3[j] += d2 * d
+                a4[j] += d2 * d2
+                vlo[j] = v if v < vlo[j] else vlo[j]
+                vhi[j] = v if v > vhi[j] else vhi[j]
+        s1, s2, s3, s4 = a1.sum(), a2.sum(), a3.sum(), a4.sum()
+        vmin, vmax = vlo.min(), vhi.max()
+        for i in range(end, hi):
+            v = x[i]
+            d = np.float64(v) - ref
             d2 = d * d
             s1 += d
             s2 += d2
             s3 += d2 * d
             s4 += d2 * d2
-        return s1, s2, s3, s4
+            vmin = v if v < vmin else vmin
+            vmax = v if v > vmax else vmax
+        return s1, s2, s3, s4, vmin, vmax
+
+    @numba.njit(cache=True, nogil=True)
+    def count_keys(bits, lo, hi, shift, mask, lanes):  # pragma: no cover - compiled
+        """Adds ``(bits[i] >> shift) & mask`` for ``i`` in ``lo..hi`` into ``lanes[i % LANES]``
+        (into ``lanes[0]`` when there is one set)."""
+        if lanes.shape[0] == 1:
+            for i in range(lo, hi):
+                lanes[0, (bits[i] >> shift) & mask] += 1
+            return
+        end = lo + (hi - lo) // LANES * LANES
+        for i in range(lo, end, LANES):
+            lanes[0, (bits[i] >> shift) & mask] += 1
+            lanes[1, (bits[i + 1] >> shift) & mask] += 1
+            lanes[2, (bits[i + 2] >> shift) & mask] += 1
+            lanes[3, (bits[i + 3] >> shift) & mask] += 1
+        for i in range(end, hi):
+            lanes[0, (bits[i] >> shift) & mask] += 1
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
-    def _kernel(x, ref, shift, mask, nbins, nthreads):  # pragma: no cover - compiled
+    def _kernel(x, ref, shift, mask, nbins, nthreads, nlanes):  # pragma: no cover - compiled
         n = x.shape[0]
         bits = x.view(np.int32)
         blocks = (n + BLOCK - 1) // BLOCK
         sums = np.zeros((blocks, 4))
         extremes = np.zeros((blocks, 2), dtype=np.float32)
         bad = np.zeros(blocks, dtype=np.int64)
-        counts = np.zeros((nthreads, nbins), dtype=np.int64)
+        counts = np.zeros((nthreads, nlanes, nbins), dtype=np.int64)
         for b in numba.prange(blocks):
             lo = b * BLOCK
             hi = min(n, lo + BLOCK)
-            s1, s2, s3, s4 = power_sums(x, lo, hi, ref)
+            s1, s2, s3, s4, vmin, vmax = power_sums_extremes(x, lo, hi, ref)
             sums[b, 0] = s1
             sums[b, 1] = s2
             sums[b, 2] = s3
             sums[b, 3] = s4
-            # scalar loop: the counters, with the extremes and the finiteness check alongside
-            t = numba.get_thread_id()
-            vmin = x[lo]
-            vmax = x[lo]
+            count_keys(bits, lo, hi, shift, mask, counts[numba.get_thread_id()])
             nonfinite = 0
-            for i in range(lo, hi):
-                v = x[i]
-                k = bits[i]
-                counts[t, (k >> shift) & mask] += 1
-                vmin = min(vmin, v)
-                vmax = max(vmax, v)
-                # exponent bits all ones: Inf or NaN (an integer test, immune to fastmath)
-                nonfinite += (k & 0x7F800000) == 0x7F800000
+            for i in range(lo, hi):  # exponent bits all ones: Inf or NaN (an integer test, immune to fastmath)
+                nonfinite += (bits[i] & 0x7F800000) == 0x7F800000
             extremes[b, 0] = vmin
             extremes[b, 1] = vmax
             bad[b] = nonfinite
@@ -113,12 +161,9 @@ def power_sums_and_counts(
     if not np.isfinite(sample).all():
         return None
     ref = float(np.mean(sample, dtype=np.float64))
-    if threads is None:
-        threads = torch.get_num_threads()
-    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != threads:
-        numba.set_num_threads(threads)
-    sums, extremes, bad, counts = _kernel(x, ref, int(shift), (1 << key_bits) - 1, 1 << key_bits, threads)
+    with parallel_threads(threads) as threads:
+        sums, extremes, bad, counts = _kernel(x, ref, int(shift), (1 << key_bits) - 1, 1 << key_bits, threads,
+                                              lanes_for(x.size // threads))
     if bad.any():
         return None
-    return sums.sum(0), ref, float(extremes[:, 0].min()), float(extremes[:, 1].max()), counts.sum(0)
+    return sums.sum(0), ref, float(extremes[:, 0].min()), float(extremes[:, 1].max()), counts.sum((0, 1))

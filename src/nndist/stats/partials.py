@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 import numpy as np
 
 from .moments import central_sums
@@ -63,32 +64,32 @@ class KeySpace:
     relative_accuracy: float = 0.01
     min_abs: float = 1e-12
 
-    @property
+    @cached_property
     def m(self) -> int:
         return mantissa_bits(self.relative_accuracy)
 
-    @property
+    @cached_property
     def supported(self) -> bool:
         """Whether the int16 key trick applies (``m <= 6``); otherwise callers use :meth:`Summary.update`."""
         return self.m <= 6
 
-    @property
+    @cached_property
     def k0(self) -> int:
         return key_of(self.min_abs, self.m)
 
-    @property
+    @cached_property
     def half(self) -> int:
         return 1 << (8 + self.m)
 
-    @property
+    @cached_property
     def nbins(self) -> int:
         return 2 * self.half
 
-    @property
+    @cached_property
     def top(self) -> int:
         return 255 << self.m
 
-    @property
+    @cached_property
     def t32(self) -> float:
         t = np.float32(self.min_abs)
         if float(t) < self.min_abs:
@@ -134,7 +135,9 @@ def _state(space: KeySpace, channels: int | None, arrays: dict[str, np.ndarray],
     sk.__dict__.update(blank._sketch.__dict__)  # noqa: SLF001
     s._sketch = sk  # noqa: SLF001
     for name, dtype in STATE_ARRAYS.items():
-        value = np.asarray(arrays[name], dtype=dtype).reshape(sk.c)
+        value = arrays[name]
+        if type(value) is not np.ndarray or value.dtype != dtype or value.shape != (sk.c,):
+            value = np.asarray(value, dtype=dtype).reshape(sk.c)
         if name == "zero":
             sk.zero = value
         else:
@@ -165,6 +168,8 @@ def _arrays(f: np.ndarray, total: np.ndarray, zero: np.ndarray) -> dict[str, np.
 
 def _trimmed_row(offset: int, row: np.ndarray) -> tuple[int, np.ndarray]:
     """:func:`_trimmed` of one channel's (K,) counts, as (1, K')."""
+    if row.size and row[0] and row[-1]:  # already trimmed (the compact kernel's counts)
+        return offset, row.reshape(1, -1) if row.dtype == np.int64 else row.astype(np.int64).reshape(1, -1)
     cols = np.flatnonzero(row)
     if cols.size == 0:
         return offset, np.zeros((1, 0), dtype=np.int64)
@@ -182,12 +187,13 @@ def compact_summary(space: KeySpace, fields: np.ndarray, zero: int, neg: tuple[i
         neg, pos: ``(first key, counts)`` of the negative and positive values (1-D).
         total: the number of values, finite or not.
     """
-    n, nan, posinf = int(fields[0]), int(fields[1]), int(fields[2])
-    moments = central_sums(*(float(v) for v in fields[3:7]), n, float(fields[7])) if n else (0.0, 0.0, 0.0, 0.0)
-    scalars = {"n": n, "nan": nan, "posinf": posinf, "neginf": int(total) - n - nan - posinf, "zero": int(zero),
-               "min": float(fields[8]) if n else np.inf, "max": float(fields[9]) if n else -np.inf,
-               **dict(zip(("mean", "m2", "m3", "m4"), moments))}
-    arrays = {name: np.array([value]) for name, value in scalars.items()}
+    f = fields.tolist()
+    n, nan, posinf = int(f[0]), int(f[1]), int(f[2])
+    mean, m2, m3, m4 = central_sums(f[3], f[4], f[5], f[6], n, f[7]) if n else (0.0, 0.0, 0.0, 0.0)
+    ints = np.array([n, nan, posinf, int(total) - n - nan - posinf, int(zero)], dtype=np.int64)
+    floats = np.array([mean, m2, m3, m4, f[8] if n else np.inf, f[9] if n else -np.inf])
+    arrays = {name: ints[i : i + 1] for i, name in enumerate(("n", "nan", "posinf", "neginf", "zero"))}
+    arrays.update({name: floats[i : i + 1] for i, name in enumerate(("mean", "m2", "m3", "m4", "min", "max"))})
     return _state(space, None, arrays, _trimmed_row(*neg), _trimmed_row(*pos))
 
 

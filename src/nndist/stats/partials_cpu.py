@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import kernels
-from .partials import KeySpace, compact_summary, whole_summary
+from .partials import KeySpace, compact_summary
 from .summary import Summary
 
 __all__ = ["AVAILABLE", "CHUNK", "COMPACT", "cpu_summaries"]
@@ -82,23 +82,23 @@ if AVAILABLE:
     @numba.njit(cache=True, nogil=True)
     def _plain(x, ref, fields):  # pragma: no cover - compiled
         """Power sums and extremes of values taken to be finite (two vectorised loops)."""
-        s1, s2, s3, s4 = kernels.power_sums(x, 0, x.shape[0], ref)
-        vmin = x[0]
-        vmax = x[0]
-        for i in range(x.shape[0]):
-            vmin = min(vmin, x[i])
-            vmax = max(vmax, x[i])
+        s1, s2, s3, s4, vmin, vmax = kernels.power_sums_extremes(x, 0, x.shape[0], ref)
         fields[0], fields[1], fields[2] = x.shape[0], 0, 0
         fields[3], fields[4], fields[5], fields[6] = s1, s2, s3, s4
         fields[7], fields[8], fields[9] = ref, vmin, vmax
 
     @numba.njit(cache=True, nogil=True)
-    def _pass(x, ref, t32, shift, mask, k0, half, top, fields, counts):  # pragma: no cover - compiled
-        """A chunk's fields and its raw key counts over the whole key space (added into ``counts``)."""
+    def _pass(x, ref, t32, shift, mask, k0, half, top, fields, lanes):  # pragma: no cover - compiled
+        """A chunk's fields and its raw key counts over the whole key space, into ``lanes[0]``
+        (``lanes``: (counter sets, nbins) scratch, overwritten)."""
         bits = x.view(np.int32)
         _plain(x, ref, fields)
-        for i in range(x.shape[0]):  # raw keys; the zero bucket and NaN/Inf are sorted out below and on the host
-            counts[(bits[i] >> shift) & mask] += 1
+        lanes[:] = 0
+        # raw keys; the zero bucket and NaN/Inf are sorted out below and on the host
+        kernels.count_keys(bits, 0, x.shape[0], shift, mask, lanes)
+        counts = lanes[0]
+        for j in range(1, lanes.shape[0]):
+            counts += lanes[j]
         bad = 0
         for k in range(top, half):  # magnitude keys of NaN and Inf (exponent all ones)
             bad += counts[k] + counts[half + k]
@@ -110,6 +110,38 @@ if AVAILABLE:
                 if abs(x[i]) < t32 and k & (half - 1) == k0:
                     counts[k] -= 1
                     counts[k - k0] += 1  # key 0 (positive) or half (negative): both in the zero bucket
+
+    @numba.njit(cache=True, nogil=True)
+    def _stores(counts, k0, half, top):  # pragma: no cover - compiled
+        """Raw key counts over the whole key space as :func:`_compact` gives them: the zero
+        bucket's count and the counts of the positive and of the negative keys, each from its
+        first to its last non-empty key (copies)."""
+        zero = counts[:k0].sum() + counts[half : half + k0].sum()
+        lo_p, hi_p = k0, top - 1
+        while lo_p <= hi_p and counts[lo_p] == 0:
+            lo_p += 1
+        while hi_p >= lo_p and counts[hi_p] == 0:
+            hi_p -= 1
+        lo_n, hi_n = k0, top - 1
+        while lo_n <= hi_n and counts[half + lo_n] == 0:
+            lo_n += 1
+        while hi_n >= lo_n and counts[half + hi_n] == 0:
+            hi_n -= 1
+        pos = counts[lo_p : hi_p + 1].copy()
+        neg = counts[half + lo_n : half + hi_n + 1].copy()
+        return zero, (lo_p if pos.size else k0), pos, (lo_n if neg.size else k0), neg
+
+    @numba.njit(cache=True, nogil=True)
+    def _sample_mean(x, step):  # pragma: no cover - compiled
+        """Mean of the finite values among ``x[::step]`` in float64 (0 if none)."""
+        total = 0.0
+        count = 0
+        for i in range(0, x.shape[0], step):
+            v = np.float64(x[i])
+            if np.isfinite(v):
+                total += v
+                count += 1
+        return total / count if count else 0.0
 
     @numba.njit(cache=True, nogil=True)
     def _key_ranges(x, t32, shift, mask, half, top):  # pragma: no cover - compiled
@@ -135,7 +167,7 @@ if AVAILABLE:
     def _range_counts(x, t32, shift, mask, half, top, lo_p, wp, lo_n, wn):  # pragma: no cover - compiled
         """Counts on ``[positive keys from lo_p (wp) | negative keys from lo_n (wn) | zero | NaN/Inf]``."""
         bits = x.view(np.int32)
-        counts = np.zeros(wp + wn + 2, dtype=np.int64)
+        lanes = np.zeros((kernels.LANES, wp + wn + 2), dtype=np.int64)  # see kernels.LANES
         off_n = wp - lo_n
         for i in range(x.shape[0]):
             b = bits[i]
@@ -146,8 +178,8 @@ if AVAILABLE:
             zero = np.int64(abs(x[i]) < t32)
             j = j * (1 - zero) + zero * (wp + wn)
             bad = np.int64(mag >= top)
-            counts[j * (1 - bad) + bad * (wp + wn + 1)] += 1
-        return counts
+            lanes[i % kernels.LANES, j * (1 - bad) + bad * (wp + wn + 1)] += 1
+        return lanes.sum(axis=0)
 
     @numba.njit(cache=True, nogil=True)
     def _compact(x, ref, t32, shift, mask, k0, half, top, fields):  # pragma: no cover - compiled
@@ -182,8 +214,22 @@ def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
         return _POOL
 
 
+_LOCAL = threading.local()
+
+
+def _scratch(nbins: int) -> np.ndarray:
+    """This thread's (LANES, nbins) int64 counters, made once and reused (a fresh 1 MB array per
+    chunk costs page faults that here took longer than the counting)."""
+    lanes = getattr(_LOCAL, "lanes", None)
+    if lanes is None or lanes.shape[1] != nbins:
+        lanes = _LOCAL.lanes = np.zeros((kernels.LANES, nbins), dtype=np.int64)
+    return lanes
+
+
 def _reference(x: np.ndarray) -> float:
     """Mean of an evenly strided sample of at most 4096 finite values (0 if none): near the mean."""
+    if AVAILABLE:
+        return _sample_mean(x, max(1, x.size // 4096))
     sample = x[:: max(1, x.size // 4096)].astype(np.float64)
     sample = sample[np.isfinite(sample)]
     return float(sample.mean()) if sample.size else 0.0
@@ -208,39 +254,50 @@ def cpu_summaries(space: KeySpace, tensors: Sequence[torch.Tensor], threads: int
     jobs = [(i, start) for i, a in enumerate(arrays) for start in range(0, a.size, CHUNK)]
     fields = np.zeros((len(jobs), 10))
     fields[:, 7] = [refs[i] for i, _ in jobs]
-    dense = {i: np.zeros(space.nbins, dtype=np.int64) for i, a in enumerate(arrays) if a.size > COMPACT}
+    # counts over the whole key space: one chunk's in the thread's scratch, turned into stores
+    # at once; the chunks of a larger tensor added up in its own array first
+    dense = {i: np.zeros(space.nbins, dtype=np.int64) for i, a in enumerate(arrays) if a.size > CHUNK}
     compact: dict[int, tuple] = {}
     locks = {i: threading.Lock() for i in dense}
     constants = (np.float32(space.t32), 23 - space.m, space.nbins - 1, space.k0, space.half, space.top)
 
     def run(j: int) -> None:
         i, start = jobs[j]
-        if i not in dense:
+        if arrays[i].size <= COMPACT:
             compact[i] = _compact(arrays[i], refs[i], *constants, fields[j])
             return
-        mine = np.zeros(space.nbins, dtype=np.int64)
-        _pass(arrays[i][start : start + CHUNK], refs[i], *constants, fields[j], mine)
+        chunk = arrays[i][start : start + CHUNK]
+        lanes = _scratch(space.nbins)[: kernels.lanes_for(chunk.size)]
+        _pass(chunk, refs[i], *constants, fields[j], lanes)
+        if i not in dense:
+            compact[i] = _stores(lanes[0], space.k0, space.half, space.top)
+            return
         with locks[i]:
-            dense[i] += mine
+            np.add(dense[i], lanes[0], out=dense[i])
 
     threads = max(1, int(threads or torch.get_num_threads()))
     if threads == 1 or len(jobs) == 1 or sum(a.size for a in arrays) < 2 * CHUNK:
         for j in range(len(jobs)):
             run(j)
-    else:
-        list(_pool(threads).map(run, range(len(jobs))))
+    else:  # one task per thread, the jobs dealt largest first to the least loaded (no task per small tensor)
+        loads, tasks = [0] * threads, [[] for _ in range(threads)]
+        for j in sorted(range(len(jobs)), key=lambda j: -min(CHUNK, arrays[jobs[j][0]].size - jobs[j][1])):
+            t = loads.index(min(loads))
+            tasks[t].append(j)
+            loads[t] += min(CHUNK, arrays[jobs[j][0]].size - jobs[j][1]) + 1000  # ~1 us of fixed cost per job
+        list(_pool(threads).map(lambda task: [run(j) for j in task], [t for t in tasks if t]))
     out, row = [], 0
     for i, a in enumerate(arrays):
         rows = fields[row : row + -(-a.size // CHUNK)]
         row += rows.shape[0]
         if a.size == 0:
             out.append(space.empty())
-        elif i in compact:
-            zero, pos_off, pos, neg_off, neg = compact[i]
-            out.append(compact_summary(space, rows[0], zero, (neg_off, neg), (pos_off, pos), a.size))
         else:
-            merged = rows[0].copy()
-            merged[:7] = rows[:, :7].sum(0)
-            merged[8], merged[9] = rows[:, 8].min(), rows[:, 9].max()
-            out.append(whole_summary(space, merged, dense[i], a.size))
+            merged = rows[0]
+            if rows.shape[0] > 1:
+                merged = rows[0].copy()
+                merged[:7] = rows[:, :7].sum(0)
+                merged[8], merged[9] = rows[:, 8].min(), rows[:, 9].max()
+            zero, pos_off, pos, neg_off, neg = compact[i] if i in compact else _stores(dense[i], space.k0, space.half, space.top)
+            out.append(compact_summary(space, merged, zero, (neg_off, neg), (pos_off, pos), a.size))
     return out

@@ -137,6 +137,14 @@ def _edge_table(sketch: "Sketch") -> tuple[int, np.ndarray]:
     return _EDGE_TABLES[key]
 
 
+def _ends(row: np.ndarray) -> np.ndarray:
+    """Indices of the first and last non-zero count of a 1-D store (empty if none)."""
+    if row.size and row[0] and row[-1]:  # a trimmed store: no search
+        return np.array([0, row.size - 1])
+    nz = np.flatnonzero(row)
+    return nz[[0, -1]] if nz.size else nz
+
+
 class Sketch:
     """Bucket counts of C channels on the global edges of ``(m, min_abs)``.
 
@@ -286,6 +294,10 @@ class Sketch:
         Returns:
             (p_lo, counts): position of column 0 and counts, shape (C, m), int64; m = 0 if empty.
         """
+        return self._positions_row() if self.c == 1 else self._positions_dense()
+
+    def _positions_dense(self) -> tuple[int, np.ndarray]:
+        """:meth:`positions` of any number of channels, through one dense (C, m) array."""
         c = self.c
         neg = self.neg[:, ::-1]  # largest |v| (most negative) first
         # positions: negative key k -> -(k - k0 + 1); positive key k -> k - k0 + 1
@@ -305,6 +317,35 @@ class Sketch:
         if cols.size == 0:
             return 0, np.zeros((c, 0), dtype=np.int64)
         return lo + int(cols[0]), dense[:, cols[0] : cols[-1] + 1]
+
+    def _positions_row(self) -> tuple[int, np.ndarray]:
+        """:meth:`positions` of one channel: the stores' non-zero ends found without a dense copy."""
+        zero = int(self.zero[0])
+        neg, pos = self.neg[0], self.pos[0]
+        nz_n, nz_p = _ends(neg), _ends(pos)
+        # (first position, last position) of each non-empty part; negative key k is at -(k - k0 + 1)
+        spans = []
+        if nz_n.size:
+            spans.append((-(self.neg_off + int(nz_n[-1]) - self.key0 + 1), -(self.neg_off + int(nz_n[0]) - self.key0 + 1)))
+        if zero:
+            spans.append((0, 0))
+        if nz_p.size:
+            spans.append((self.pos_off + int(nz_p[0]) - self.key0 + 1, self.pos_off + int(nz_p[-1]) - self.key0 + 1))
+        if not spans:
+            return 0, np.zeros((1, 0), dtype=np.int64)
+        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        dense = np.zeros(hi - lo + 1, dtype=np.int64)
+        if nz_n.size:  # positions -(k - k0 + 1) for k = neg_off + j, largest key first
+            a, b = int(nz_n[0]), int(nz_n[-1])
+            start = -(self.neg_off + b - self.key0 + 1) - lo
+            dense[start : start + b - a + 1] += neg[a : b + 1][::-1]
+        if zero:
+            dense[-lo] += zero
+        if nz_p.size:
+            a, b = int(nz_p[0]), int(nz_p[-1])
+            start = self.pos_off + a - self.key0 + 1 - lo
+            dense[start : start + b - a + 1] += pos[a : b + 1]
+        return lo, dense.reshape(1, -1)
 
     def edge(self, j: np.ndarray | int) -> np.ndarray:
         """Edge e_j between positions j and j+1, float64, exact.

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...threads import parallel_threads
+
 try:  # pragma: no cover - exercised by the import itself
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
@@ -221,13 +223,6 @@ class Combine:
         return cls(indptr, index, {np.dtype(np.float64): vals, np.dtype(np.float32): vals.astype(np.float32)})
 
 
-def _threads() -> int:
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != threads:
-        numba.set_num_threads(threads)
-    return threads
-
-
 def correlate(g: Tensor, program: Boxes, combine: Combine, out: Tensor | None = None) -> Tensor:
     """``features(G) @ combine`` for every ``(sample, channel)`` plane, as ``(C, B, K)``.
 
@@ -242,14 +237,13 @@ def correlate(g: Tensor, program: Boxes, combine: Combine, out: Tensor | None = 
     dt = planes.dtype
     if out is None:
         out = torch.empty(C, B, combine.size, dtype=g.dtype)
-    threads = _threads()
-    chunks = threads if B * C >= 4 * threads else 1
     u = np.uint64
-    _kernel(
-        planes, C, tuple(u(n) for n in program.shape3), u(program.strides[0]), u(program.strides[1]),
-        program.buffer, program.groups, program.targets, program.n_feat,
-        combine.indptr, combine.index, combine.values[dt], dt.type(0), chunks, out.numpy(),
-    )
+    with parallel_threads() as threads:
+        _kernel(
+            planes, C, tuple(u(n) for n in program.shape3), u(program.strides[0]), u(program.strides[1]),
+            program.buffer, program.groups, program.targets, program.n_feat,
+            combine.indptr, combine.index, combine.values[dt], dt.type(0), threads if B * C >= 4 * threads else 1, out.numpy(),
+        )
     return out
 
 

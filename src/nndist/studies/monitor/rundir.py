@@ -129,14 +129,17 @@ class _Chunks:
         self.rows = 0
 
     def add(self, rows: int, columns: Mapping[str, Any]) -> None:
-        """``columns``: an array or list of ``rows`` values, or one value repeated."""
+        """``columns``: an array (numpy or pyarrow) or list of ``rows`` values, or one value repeated."""
+        import pyarrow as pa
+
         for c in self.names:
             v = columns[c]
-            self.chunks[c].append(v if isinstance(v, (list, np.ndarray)) else [v] * rows)
+            self.chunks[c].append(v if isinstance(v, (list, np.ndarray, pa.Array)) else np.full(rows, v, dtype=object))
         self.rows += rows
 
     def joined(self) -> dict[str, Any]:
-        return {c: np.concatenate([np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v for v in vs])
+        return {c: vs[0] if len(vs) == 1 else
+                np.concatenate([np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v for v in vs])
                 if any(isinstance(v, np.ndarray) for v in vs) else [x for v in vs for x in v]
                 for c, vs in self.chunks.items()}
 
@@ -170,9 +173,12 @@ def step_tables(parts: PartTables, step: int, keys: Sequence[Key], whole: Mappin
             out[table].add(len(rows), {"step": step, "layer": [present[i][1] for i in rows], "param": subs,
                                        "channel": [None] * len(rows), **{c: summary[c][rows] for c in SUMMARY_COLUMNS}})
     if hists:
-        sizes = [h[0].size for h in hists]
-        out["histograms"].add(sum(sizes), {
-            "step": step, **{name: [k[j] for k, size in zip(present, sizes) for _ in range(size)]
+        import pyarrow as pa
+
+        sizes = np.array([h[0].size for h in hists])
+        owner = pa.array(np.repeat(np.arange(len(present)), sizes))  # (table, layer, param) of each key, per bucket
+        out["histograms"].add(int(sizes.sum()), {
+            "step": step, **{name: pa.array([k[j] for k in present], type=parts.schemas["histograms"].field(name).type).take(owner)
                              for j, name in enumerate(("table", "layer", "param"))},
             **{name: np.concatenate([h[j] for h in hists]) for j, name in enumerate(("left", "right", "count"))}})
     for table, layer, sub in keys:
