@@ -257,10 +257,11 @@ class Monitor:
                 keys += [("gradients", layer.name, "emission"), ("gradients", layer.name, "absorption")]
         return keys
 
-    def _add_params(self, table: str) -> set[Key]:
-        """Adds this rank's part of every watched parameter (or gradient); returns the keys of shards."""
+    def _add_params(self, tables: Iterable[str]) -> set[Key]:
+        """Adds this rank's part of every watched parameter and gradient (``tables``: of
+        ``weights``, ``grads``), all in one call; returns the keys of shards."""
         items, shards, starts = [], set(), {}
-        for layer in self.layers:
+        for table, layer in ((table, layer) for table in tables for layer in self.layers):
             for pname, p in layer.params:
                 t = p if table == "weights" else p.grad
                 if t is None:
@@ -285,9 +286,7 @@ class Monitor:
         self._starts = {}
         mergeable: set[Key] = set()
         if logging:
-            for table in ("weights", "grads"):
-                if table in self.watch:
-                    mergeable |= self._add_params(table)
+            mergeable |= self._add_params([table for table in ("weights", "grads") if table in self.watch])
         if gradients and self._probe is not None and self.info.is_main:
             for name, res in self._probe.run().items():
                 self._batch.add_channels(("gradients", name, "emission"), res.emission, 1)
