@@ -8,14 +8,17 @@ here on 2 cores; ``OMP_WAIT_POLICY=passive`` removes the loss but must be set be
 starts). Here the compiled pass is serial and releases the GIL; chunks of at most :data:`CHUNK`
 values go to a pool of plain threads, which block (not spin) while idle.
 
-One call per chunk (:func:`_pass`) gives its partial (:mod:`.partials`) in three tight loops:
-the power sums about the tensor's reference in float64 and the extremes (both vectorised), then
-the raw bucket key counts. NaN and Inf are found from the counts themselves (their magnitude
-keys are the top ones) and only then does a masked loop redo the sums; values below
-``min_abs`` in the bucket of ``min_abs`` (when ``min_abs`` is not an edge) are moved to the
-zero bucket by a loop that runs only when that bucket is hit. About 1.5 ns per value on one
-core here, against 5-7 ns for a single loop doing everything. The literal twin in the tests is
-:meth:`Summary.update` of the same values in float64.
+One call per chunk (:func:`_pass`) gives its partial (:mod:`.partials`) in two tight loops:
+the power sums about the tensor's reference in float64 with the extremes (vectorised), then the
+raw bucket key counts (in :data:`~nndist.stats.kernels.LANES` counter sets for large chunks, so
+that the zeros of a sparse gradient do not queue on one counter), into counters that each thread
+keeps and reuses. NaN and Inf are found from the counts themselves (their magnitude keys are the
+top ones) and only then does a masked loop redo the sums; values below ``min_abs`` in the
+bucket of ``min_abs`` (when ``min_abs`` is not an edge) are moved to the zero bucket by a loop
+that runs only when that bucket is hit; the counts of a one-chunk tensor are cut to their
+non-empty key ranges (:func:`_stores`) in the same thread. About 0.9-1.1 ns per value on one
+core here (weights and 89 %-zero gradients alike), against 5-7 ns for a single loop doing
+everything. The literal twin in the tests is :meth:`Summary.update` of the same values in float64.
 """
 
 from __future__ import annotations
