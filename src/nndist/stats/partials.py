@@ -36,7 +36,7 @@ from functools import cached_property
 import numpy as np
 
 from .moments import central_sums
-from .sketch import key_of, mantissa_bits
+from .sketch import key_of, mantissa_bits, nonzero_ends
 from .summary import STATE_ARRAYS, Summary
 
 __all__ = ["FIELDS", "KeySpace", "channel_summary", "collapse", "compact_summary", "embed_channels", "whole_summary"]
@@ -167,13 +167,11 @@ def _arrays(f: np.ndarray, total: np.ndarray, zero: np.ndarray) -> dict[str, np.
 
 
 def _trimmed_row(offset: int, row: np.ndarray) -> tuple[int, np.ndarray]:
-    """:func:`_trimmed` of one channel's (K,) counts, as (1, K')."""
-    if row.size and row[0] and row[-1]:  # already trimmed (the compact kernel's counts)
-        return offset, row.reshape(1, -1) if row.dtype == np.int64 else row.astype(np.int64).reshape(1, -1)
-    cols = np.flatnonzero(row)
-    if cols.size == 0:
+    """:func:`_trimmed` of one channel's (K,) counts, as (1, K') (a copy)."""
+    ends = nonzero_ends(row)
+    if ends.size == 0:
         return offset, np.zeros((1, 0), dtype=np.int64)
-    return offset + int(cols[0]), row[None, cols[0] : cols[-1] + 1].astype(np.int64)
+    return offset + int(ends[0]), row[None, ends[0] : ends[1] + 1].astype(np.int64)
 
 
 def compact_summary(space: KeySpace, fields: np.ndarray, zero: int, neg: tuple[int, np.ndarray],

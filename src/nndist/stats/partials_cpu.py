@@ -231,11 +231,7 @@ def _scratch(nbins: int) -> np.ndarray:
 
 def _reference(x: np.ndarray) -> float:
     """Mean of an evenly strided sample of at most 4096 finite values (0 if none): near the mean."""
-    if AVAILABLE:
-        return _sample_mean(x, max(1, x.size // 4096))
-    sample = x[:: max(1, x.size // 4096)].astype(np.float64)
-    sample = sample[np.isfinite(sample)]
-    return float(sample.mean()) if sample.size else 0.0
+    return _sample_mean(x, max(1, x.size // 4096))
 
 
 def cpu_summaries(space: KeySpace, tensors: Sequence[torch.Tensor], threads: int | None = None) -> list[Summary]:
@@ -283,11 +279,12 @@ def cpu_summaries(space: KeySpace, tensors: Sequence[torch.Tensor], threads: int
         for j in range(len(jobs)):
             run(j)
     else:  # one task per thread, the jobs dealt largest first to the least loaded (no task per small tensor)
+        sizes = [min(CHUNK, arrays[i].size - start) for i, start in jobs]
         loads, tasks = [0] * threads, [[] for _ in range(threads)]
-        for j in sorted(range(len(jobs)), key=lambda j: -min(CHUNK, arrays[jobs[j][0]].size - jobs[j][1])):
+        for j in sorted(range(len(jobs)), key=lambda j: -sizes[j]):
             t = loads.index(min(loads))
             tasks[t].append(j)
-            loads[t] += min(CHUNK, arrays[jobs[j][0]].size - jobs[j][1]) + 1000  # ~1 us of fixed cost per job
+            loads[t] += sizes[j] + 1000  # ~1 us of fixed cost per job
         list(_pool(threads).map(lambda task: [run(j) for j in task], [t for t in tasks if t]))
     out, row = [], 0
     for i, a in enumerate(arrays):

@@ -137,7 +137,7 @@ def _edge_table(sketch: "Sketch") -> tuple[int, np.ndarray]:
     return _EDGE_TABLES[key]
 
 
-def _ends(row: np.ndarray) -> np.ndarray:
+def nonzero_ends(row: np.ndarray) -> np.ndarray:
     """Indices of the first and last non-zero count of a 1-D store (empty if none)."""
     if row.size and row[0] and row[-1]:  # a trimmed store: no search
         return np.array([0, row.size - 1])
@@ -322,7 +322,7 @@ class Sketch:
         """:meth:`positions` of one channel: the stores' non-zero ends found without a dense copy."""
         zero = int(self.zero[0])
         neg, pos = self.neg[0], self.pos[0]
-        nz_n, nz_p = _ends(neg), _ends(pos)
+        nz_n, nz_p = nonzero_ends(neg), nonzero_ends(pos)
         # (first position, last position) of each non-empty part; negative key k is at -(k - k0 + 1)
         spans = []
         if nz_n.size:
