@@ -132,3 +132,21 @@ def test_first_parallel_kernel_leaves_torch_thread_count_alone() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "1"], out
+
+
+@pytest.mark.parametrize("n", [1, 7, kernels.SAMPLE_RUNS * kernels.SAMPLE_RUN, kernels.SAMPLE_RUNS * kernels.SAMPLE_RUN + 1, 1_000_003])
+def test_sample_mean_is_the_mean_of_evenly_spaced_runs(n: int) -> None:
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    x[n // 2] = np.nan  # passed over
+    runs, run = (1, n) if n <= kernels.SAMPLE_RUNS * kernels.SAMPLE_RUN else (kernels.SAMPLE_RUNS, kernels.SAMPLE_RUN)
+    starts = [0] if runs == 1 else [r * (n - run) // (runs - 1) for r in range(runs)]
+    literal = np.concatenate([x[s : s + run] for s in starts]).astype(np.float64)
+    literal = literal[np.isfinite(literal)]
+    assert starts[-1] + run == n  # the last run ends at the last value
+    assert kernels.sample_mean(x) == pytest.approx(literal.mean() if literal.size else 0.0, rel=1e-12, abs=1e-15)
+
+
+def test_sample_mean_of_sorted_values_is_near_their_mean() -> None:
+    x = np.sort(np.random.default_rng(3).standard_normal(2_000_000)).astype(np.float32)
+    assert abs(kernels.sample_mean(x) - x.astype(np.float64).mean()) < 0.05 * x.std()
+    assert kernels.sample_mean(np.full(3, np.inf, dtype=np.float32)) == 0.0

@@ -20,6 +20,7 @@ import torch
 from nndist.stats import Summary, kernels, partials_cpu
 from nndist.stats import columns as columns_mod
 from nndist.stats import device as device_mod
+from nndist.stats import batch as batch_mod
 from nndist.stats.batch import StepSummaries
 from nndist.stats.device import DevicePartials
 from nndist.stats.partials import KeySpace, collapse, embed_channels
@@ -190,6 +191,29 @@ def test_step_summaries_paths_agree(monkeypatch) -> None:  # noqa: ANN001
     for forced in out:
         assert_same(out[forced][1][("c", 0)], twin(c.T, 30))
         assert_same(out[forced][0][("c", 0)], twin(c.reshape(-1)))
+
+
+@pytest.mark.parametrize("limit", [None, 5000], ids=["held-to-collect", "flushed-at-the-limit"])
+def test_held_tensors_are_copied_and_summarised_with_the_next_call(limit: int | None, monkeypatch) -> None:  # noqa: ANN001
+    """``hold`` summarises what the tensor held when it was held, merged over repeated keys, and
+    the same on the device path (added at once) as on the CPU kernel (held, then added)."""
+    if limit is not None:
+        monkeypatch.setattr(batch_mod, "HOLD_BYTES", limit)
+    xs = [_values(k, 700 + 300 * i, i) for i, k in enumerate(KINDS_ALL)]
+    for forced in (None, True):
+        batch = StepSummaries(device_side=forced)
+        for i, x in enumerate(xs):
+            y = x.clone()
+            batch.hold(("f", i % 3), y)
+            y.fill_(7.0)  # an in-place op after the hook (a ReLU) changes nothing already held
+        if limit is not None and forced is None:
+            assert batch._held_bytes < limit  # noqa: SLF001 - flushed on the way
+        batch.add_many([(("w", 0), xs[0])])
+        assert not batch._held  # noqa: SLF001 - the next call takes them
+        whole, _ = batch.collect()
+        for key in range(3):
+            assert_same(whole[("f", key)], twin(torch.cat([x for i, x in enumerate(xs) if i % 3 == key])))
+        assert_same(whole[("w", 0)], twin(xs[0]))
 
 
 def test_device_path_reads_the_host_only_in_its_transfers(monkeypatch) -> None:  # noqa: ANN001

@@ -49,6 +49,11 @@ class PartTables:
         self.kind = kind
         self.names = tuple(names)
         self.schemas = {name: arrow_schema(kind, name) for name in self.names}
+        # parts are read whole and compacted at the end: no column statistics, and dictionaries
+        # only for the string (key) columns, whose values repeat (a step's histogram part: 1.8 ms
+        # instead of 2.9 to write, 10 % larger; the compacted file is written with the defaults)
+        self._part_options = {name: {"write_statistics": False, "use_dictionary": [
+            f.name for f in schema if str(f.type) in ("string", "large_string")]} for name, schema in self.schemas.items()}
 
     def _table(self, name: str) -> Path:
         return self.path / layout.table_file(name)
@@ -85,7 +90,7 @@ class PartTables:
                 fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TMP_MARK}", dir=target.parent)
                 os.close(fd)
                 staged.append((Path(tmp), target))
-                pq.write_table(table, tmp)
+                pq.write_table(table, tmp, **self._part_options[name])
             for tmp, target in staged:  # all written: put them in place together
                 os.replace(tmp, target)
         except BaseException:

@@ -26,7 +26,10 @@ from .device import DTYPES, DevicePartials
 from .partials import KeySpace, collapse
 from .summary import Summary
 
-__all__ = ["StepSummaries"]
+__all__ = ["HOLD_BYTES", "StepSummaries"]
+
+#: Bytes of copies that :meth:`StepSummaries.hold` keeps before it summarises them together.
+HOLD_BYTES = 1 << 26
 
 
 class StepSummaries:
@@ -49,6 +52,8 @@ class StepSummaries:
         self._host: dict[Hashable, Summary] = {}
         self._host_channels: dict[Hashable, Summary] = {}
         self._with_whole: set[Hashable] = set()
+        self._held: list[tuple[Hashable, torch.Tensor]] = []
+        self._held_bytes = 0
 
     def _path(self, x: torch.Tensor) -> str:
         if self.partials is None or x.dtype not in DTYPES:
@@ -67,10 +72,30 @@ class StepSummaries:
         """Adds the values of ``x`` to ``key``'s scalar summary (repeated adds accumulate)."""
         self.add_many([(key, x)])
 
+    def hold(self, key: Hashable, x: torch.Tensor) -> None:
+        """:meth:`add` for tensors that arrive one at a time (the outputs of layers in a forward).
+
+        A tensor of the CPU path is copied (a later in-place op, such as a ReLU, must not change
+        what is summarised) and summarised with the next :meth:`add_many` or :meth:`collect`, or
+        once the copies reach :data:`HOLD_BYTES`, all in one call on the thread pool: a forest of
+        small outputs summarised one by one costs more in fixed costs than in counting (a
+        resnet18 forward at 32x32, batch 32: 41 outputs, 3.2M values). Other tensors are added now.
+        """
+        if self._path(x) != "cpu":
+            self.add(key, x)
+            return
+        copy = x.detach().clone(memory_format=torch.contiguous_format)
+        self._held.append((key, copy))
+        self._held_bytes += copy.numel() * copy.element_size()
+        if self._held_bytes >= HOLD_BYTES:
+            self.add_many(())
+
     def add_many(self, items: Iterable[tuple[Hashable, torch.Tensor]]) -> None:
-        """Adds many ``(key, tensor)`` pairs; the device path reduces small ones together."""
+        """Adds many ``(key, tensor)`` pairs (and those held by :meth:`hold`); the device path
+        reduces small ones together."""
         device, cpu = [], []
-        for key, x in items:
+        held, self._held, self._held_bytes = self._held, [], 0
+        for key, x in [*held, *items]:
             path = self._path(x)
             if path == "host":
                 self._merge_host(self._host, key, Summary(relative_accuracy=self.space.relative_accuracy,
@@ -117,6 +142,8 @@ class StepSummaries:
 
     def collect(self) -> tuple[dict[Hashable, Summary], dict[Hashable, Summary]]:
         """``(scalar summaries, per-channel summaries)`` of everything added; then empties."""
+        if self._held:
+            self.add_many(())
         whole, chans = dict(self._host), dict(self._host_channels)
         if self.partials is not None and len(self.partials):
             dev_whole, dev_chans = self.partials.collect()

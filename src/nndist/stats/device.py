@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .partials import FIELDS, HI16, KeySpace, channel_summary, whole_summary
+from .kernels import HI16
+from .partials import FIELDS, KeySpace, channel_summary, whole_summary
 from .summary import Summary
 
 __all__ = ["DTYPES", "GROUP_LIMIT", "DevicePartials", "keys16"]

@@ -16,6 +16,8 @@ The torch path stays for other devices and as the literal twin the tests compare
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -26,9 +28,14 @@ try:  # pragma: no cover - exercised by the import itself
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     numba = None
 
-__all__ = ["AVAILABLE", "BLOCK", "LANES", "LANES_MIN", "lanes_for", "power_sums_and_counts"]
+__all__ = ["AVAILABLE", "BLOCK", "HI16", "LANES", "LANES_MIN", "SAMPLE_RUN", "SAMPLE_RUNS", "lanes_for",
+           "power_sums_and_counts", "sample_mean"]
 
 AVAILABLE = numba is not None
+
+#: Index of the high 16 bits of a float32 among its two 16-bit halves: they hold the sign, the
+#: exponent and the top 7 mantissa bits, all that a key of ``m <= 7`` mantissa bits reads.
+HI16 = 1 if sys.byteorder == "little" else 0
 
 # Values per block of the power sums; each block's float64 sums are one row of the result.
 BLOCK = 1 << 16
@@ -39,6 +46,13 @@ BLOCK = 1 << 16
 #: for the 2^15 keys, so arrays of fewer than :data:`LANES_MIN` values use one set.
 LANES = 4
 LANES_MIN = 1 << 18
+#: The reference of the power sums is the mean of :data:`SAMPLE_RUNS` runs of :data:`SAMPLE_RUN`
+#: consecutive values spread evenly over the array: near the mean whatever the order of the values.
+#: Runs, not single values: 4096 values each on its own cache line and page cost 0.3-0.5 ms per
+#: tensor of a step that is out of the caches (here, 17 ms of a resnet18 step's 124 tensors),
+#: 64 runs a few microseconds.
+SAMPLE_RUNS = 64
+SAMPLE_RUN = 64
 #: Accumulators of each power sum (:func:`power_sums_extremes`).
 SUM_LANES = 16
 
@@ -49,6 +63,23 @@ def lanes_for(values: int) -> int:
 
 
 if AVAILABLE:
+
+    @numba.njit(cache=True, nogil=True)
+    def sample_mean(x):  # pragma: no cover - compiled
+        """Mean of the finite values (float64; 0 if none) among :data:`SAMPLE_RUNS` runs of
+        :data:`SAMPLE_RUN` consecutive values at evenly spaced starts (all values of a short array)."""
+        n = x.shape[0]
+        total = 0.0
+        count = 0
+        runs, run = (1, n) if n <= SAMPLE_RUNS * SAMPLE_RUN else (SAMPLE_RUNS, SAMPLE_RUN)
+        for r in range(runs):
+            start = 0 if runs == 1 else r * (n - run) // (runs - 1)
+            for i in range(start, start + run):
+                v = np.float64(x[i])
+                if np.isfinite(v):
+                    total += v
+                    count += 1
+        return total / count if count else 0.0
 
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
     def power_sums_extremes(x, lo, hi, ref):  # pragma: no cover - compiled
@@ -93,19 +124,28 @@ if AVAILABLE:
     @numba.njit(cache=True, nogil=True)
     def count_keys(bits, lo, hi, shift, mask, lanes):  # pragma: no cover - compiled
         """Adds ``(bits[i] >> shift) & mask`` for ``i`` in ``lo..hi`` into ``lanes[i % LANES]``
-        (into ``lanes[0]`` when there is one set)."""
+        (into ``lanes[0]`` when there is one set); ``shift >= 16`` and ``shift + log2(mask + 1) <= 32``.
+
+        The key is read off the high 16-bit half as ``(half >> (shift - 16)) & mask`` in uint16:
+        a shift of an int32 by a run-time amount compiles with a guard for amounts past the
+        width, and that took 1.6-1.8 ns per value here against 0.7-0.9 for this (as fast as a
+        compile-time shift).
+        """
+        half = bits.view(np.uint16)
+        s = np.uint16(shift - 16)
+        m = np.uint16(mask)
         if lanes.shape[0] == 1:
             for i in range(lo, hi):
-                lanes[0, (bits[i] >> shift) & mask] += 1
+                lanes[0, (half[2 * i + HI16] >> s) & m] += 1
             return
         end = lo + (hi - lo) // LANES * LANES
         for i in range(lo, end, LANES):
-            lanes[0, (bits[i] >> shift) & mask] += 1
-            lanes[1, (bits[i + 1] >> shift) & mask] += 1
-            lanes[2, (bits[i + 2] >> shift) & mask] += 1
-            lanes[3, (bits[i + 3] >> shift) & mask] += 1
+            lanes[0, (half[2 * i + HI16] >> s) & m] += 1
+            lanes[1, (half[2 * i + 2 + HI16] >> s) & m] += 1
+            lanes[2, (half[2 * i + 4 + HI16] >> s) & m] += 1
+            lanes[3, (half[2 * i + 6 + HI16] >> s) & m] += 1
         for i in range(end, hi):
-            lanes[0, (bits[i] >> shift) & mask] += 1
+            lanes[0, (half[2 * i + HI16] >> s) & m] += 1
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
     def _kernel(x, ref, shift, mask, nbins, nthreads, nlanes):  # pragma: no cover - compiled
@@ -150,17 +190,15 @@ def power_sums_and_counts(
     Returns:
         ``None`` if ``x`` holds NaN or Inf (the caller takes its general path), else
         ``(S, ref, lo, hi, counts)``: ``S[p-1] = sum_i (x_i - ref)^p`` for ``p = 1..4``
-        (float64, (4,)) about ``ref``, the float64 mean of an evenly strided sample of at most
-        4096 values (near the mean whatever the order of the values, so that the central sums
-        derived from ``S`` lose nothing to cancellation); the exact minimum and maximum; and the
-        (2^key_bits,) int64 count of every key.
+        (float64, (4,)) about ``ref`` = :func:`sample_mean` (near the mean, so that the central
+        sums derived from ``S`` lose nothing to cancellation); the exact minimum and maximum; and
+        the (2^key_bits,) int64 count of every key.
     """
     if x.dtype != np.float32 or x.ndim != 1 or not x.flags.c_contiguous or x.size == 0:
         raise ValueError("power_sums_and_counts needs a non-empty contiguous 1-D float32 array")
-    sample = x[:: max(1, x.size // 4096)]
-    if not np.isfinite(sample).all():
-        return None
-    ref = float(np.mean(sample, dtype=np.float64))
+    if shift < 16 or shift + key_bits > 32:
+        raise ValueError(f"keys of {key_bits} bits from bit {shift} do not lie in the high 16 bits of a float32")
+    ref = float(sample_mean(x))
     with parallel_threads(threads) as threads:
         sums, extremes, bad, counts = _kernel(x, ref, int(shift), (1 << key_bits) - 1, 1 << key_bits, threads,
                                               lanes_for(x.size // threads))

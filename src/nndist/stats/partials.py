@@ -30,7 +30,6 @@ one of ``C`` channels (a shard of a parameter), both exactly.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from functools import cached_property
 import numpy as np
@@ -43,8 +42,6 @@ __all__ = ["FIELDS", "KeySpace", "channel_summary", "collapse", "compact_summary
 
 #: The float64 fields of a partial, in order.
 FIELDS: tuple[str, ...] = ("n", "nan", "posinf", "s1", "s2", "s3", "s4", "ref", "min", "max")
-#: Index of the high int16 of a float32 in its two int16 halves.
-HI16 = 1 if sys.byteorder == "little" else 0
 
 
 @dataclass(frozen=True)

@@ -135,18 +135,6 @@ if AVAILABLE:
         return zero, (lo_p if pos.size else k0), pos, (lo_n if neg.size else k0), neg
 
     @numba.njit(cache=True, nogil=True)
-    def _sample_mean(x, step):  # pragma: no cover - compiled
-        """Mean of the finite values among ``x[::step]`` in float64 (0 if none)."""
-        total = 0.0
-        count = 0
-        for i in range(0, x.shape[0], step):
-            v = np.float64(x[i])
-            if np.isfinite(v):
-                total += v
-                count += 1
-        return total / count if count else 0.0
-
-    @numba.njit(cache=True, nogil=True)
     def _key_ranges(x, t32, shift, mask, half, top):  # pragma: no cover - compiled
         """The smallest and largest magnitude key of the positive and of the negative values that
         are finite and outside the zero bucket (``top, -1`` when there are none)."""
@@ -229,11 +217,6 @@ def _scratch(nbins: int) -> np.ndarray:
     return lanes
 
 
-def _reference(x: np.ndarray) -> float:
-    """Mean of an evenly strided sample of at most 4096 finite values (0 if none): near the mean."""
-    return _sample_mean(x, max(1, x.size // 4096))
-
-
 def cpu_summaries(space: KeySpace, tensors: Sequence[torch.Tensor], threads: int | None = None) -> list[Summary]:
     """Scalar summaries of float32 CPU tensors (float16/bfloat16 are widened exactly).
 
@@ -247,7 +230,7 @@ def cpu_summaries(space: KeySpace, tensors: Sequence[torch.Tensor], threads: int
         non-finite counts exactly; moments to float64 rounding).
     """
     arrays = [t.detach().to(torch.float32).contiguous().reshape(-1).numpy() for t in tensors]
-    refs = [_reference(a) for a in arrays]
+    refs = [kernels.sample_mean(a) if a.size else 0.0 for a in arrays]
     # a small tensor is one job counted on its own key ranges; a larger one is counted over the
     # whole key space, in chunks of at most CHUNK values that are added
     jobs = [(i, start) for i, a in enumerate(arrays) for start in range(0, a.size, CHUNK)]

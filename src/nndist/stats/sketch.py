@@ -44,11 +44,11 @@ Accuracy of what the sketch gives:
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 from scipy.special import ndtr
+
+from .kernels import HI16
 
 __all__ = ["MAX_MANTISSA_BITS", "MIN_ABS_FLOOR", "Sketch", "key_edges", "key_of", "mantissa_bits"]
 
@@ -56,9 +56,6 @@ __all__ = ["MAX_MANTISSA_BITS", "MIN_ABS_FLOOR", "Sketch", "key_edges", "key_of"
 MIN_ABS_FLOOR = 2.0**-126
 #: Largest mantissa bits: float32 has 23.
 MAX_MANTISSA_BITS = 23
-# Little-endian machines keep the high half (sign, exponent, top 7 mantissa bits) of a float32 in
-# the second int16 of its 4 bytes.
-_HI16 = 1 if sys.byteorder == "little" else 0
 
 
 def mantissa_bits(alpha: float) -> int:
@@ -174,7 +171,7 @@ class Sketch:
         if x.stride(0) != 1:
             x = x.contiguous()
         # Out of place: the strided high halves of a one-element tensor are the caller's own memory.
-        k = x.view(torch.int16)[_HI16::2]
+        k = x.view(torch.int16)[HI16::2]
         if self.m < 7:
             k = k >> (7 - self.m)
         k = k & (2 * half - 1)

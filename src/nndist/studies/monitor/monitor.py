@@ -192,7 +192,7 @@ class Monitor:
         if self.per_channel and t.ndim:
             self._batch.add_channels(key, t.detach(), self._channel_dims[name] if t.ndim > 1 else -1, whole=True)
         else:
-            self._batch.add(key, t.detach())
+            self._batch.hold(key, t.detach())
 
     def _arm_if_logging(self, step: int) -> None:
         if "features" in self.watch and step % self.every == 0 and not self._armed:
