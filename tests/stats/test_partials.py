@@ -322,3 +322,21 @@ def test_one_channel_positions_equal_the_dense_construction(kind: str) -> None:
         p_dense, c_dense = sk._positions_dense()  # noqa: SLF001
         assert c_row.shape == c_dense.shape and np.array_equal(c_row, c_dense)
         assert c_row.shape[1] == 0 or p_row == p_dense
+
+
+def test_positions_of_many_sketches_in_one_call_equal_each_dense_construction() -> None:
+    """``columns.row_positions`` of many sketches at once (what ``scalar_columns`` reads) against
+    each sketch's dense construction, empty and zero-bucket-only sketches among them."""
+    if not columns_mod.AVAILABLE:
+        pytest.skip("numba is not installed")
+    xs = [_values(k, n, n) for k in KINDS_ALL for n in (1, 40, 3000)]
+    xs += [torch.empty(0), torch.tensor([0.0, -0.0, 1e-13]), -_values("lognormal", 500, 1).abs() - 1.0]
+    sketches = [twin(x)._sketch for x in xs]  # noqa: SLF001
+    merged = twin(xs[0])
+    merged.merge(twin(1e3 * xs[1]))
+    sketches.append(merged._sketch)  # noqa: SLF001 - empty columns at the stores' ends
+    p_lo, flat, offsets = columns_mod.row_positions(sketches)
+    for i, sk in enumerate(sketches):
+        p_dense, c_dense = sk._positions_dense()  # noqa: SLF001
+        assert np.array_equal(flat[offsets[i] : offsets[i + 1]], c_dense[0]), i
+        assert c_dense.shape[1] == 0 or p_lo[i] == p_dense, i

@@ -22,12 +22,59 @@ import numpy as np
 
 from . import kernels
 
-__all__ = ["AVAILABLE", "sketch_columns"]
+__all__ = ["AVAILABLE", "row_positions", "sketch_columns"]
 
 AVAILABLE = kernels.AVAILABLE
 
 if AVAILABLE:
     import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def _ends(row, a, b):  # pragma: no cover - compiled
+        """First and last non-zero index of ``row[a:b]`` relative to ``a`` (``-1, -2`` if none)."""
+        first = a
+        while first < b and row[first] == 0:
+            first += 1
+        if first == b:
+            return -1, -2
+        last = b - 1
+        while row[last] == 0:
+            last -= 1
+        return first - a, last - a
+
+    @numba.njit(cache=True, nogil=True)
+    def _row_positions(neg, neg_at, neg_off, zero, pos, pos_at, pos_off, key0):  # pragma: no cover - compiled
+        t = zero.shape[0]
+        p_lo = np.zeros(t, dtype=np.int64)
+        offsets = np.zeros(t + 1, dtype=np.int64)
+        spans = np.zeros((t, 4), dtype=np.int64)  # non-zero ends of the negative and positive stores
+        for i in range(t):
+            na, nb = _ends(neg, neg_at[i], neg_at[i + 1])
+            pa, pb = _ends(pos, pos_at[i], pos_at[i + 1])
+            spans[i, 0], spans[i, 1], spans[i, 2], spans[i, 3] = na, nb, pa, pb
+            lo, hi, empty = np.int64(0), np.int64(0), True
+            if nb >= na:  # negative key k sits at position -(k - k0 + 1), the largest key first
+                lo, hi, empty = -(neg_off[i] + nb - key0 + 1), -(neg_off[i] + na - key0 + 1), False
+            if zero[i]:
+                lo, hi = (0, 0) if empty else (min(lo, 0), max(hi, 0))
+                empty = False
+            if pb >= pa:
+                a, b = pos_off[i] + pa - key0 + 1, pos_off[i] + pb - key0 + 1
+                lo, hi = (a, b) if empty else (min(lo, a), max(hi, b))
+                empty = False
+            p_lo[i] = 0 if empty else lo
+            offsets[i + 1] = offsets[i] + (0 if empty else hi - lo + 1)
+        flat = np.zeros(offsets[t], dtype=np.int64)
+        for i in range(t):
+            base = offsets[i] - p_lo[i]  # flat index of position 0
+            na, nb, pa, pb = spans[i, 0], spans[i, 1], spans[i, 2], spans[i, 3]
+            for j in range(na, nb + 1):
+                flat[base - (neg_off[i] + j - key0 + 1)] += neg[neg_at[i] + j]
+            if offsets[i + 1] > offsets[i]:
+                flat[base] += zero[i]
+            for j in range(pa, pb + 1):
+                flat[base + pos_off[i] + j - key0 + 1] += pos[pos_at[i] + j]
+        return p_lo, flat, offsets
 
     @numba.njit(cache=True, nogil=True)
     def _columns(flat, offsets, p_lo, n, lo, hi, q, table, first, key0, shift, min_abs):  # pragma: no cover - compiled
@@ -101,6 +148,33 @@ if AVAILABLE:
                 have = True
             h_start[i + 1] = nh
         return quant, at_edge[:na], at_cdf[:na], at_start, h_left[:nh], h_right[:nh], h_count[:nh], h_start
+
+
+def row_positions(sketches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001 - Sketch (a module above)
+    """:meth:`~nndist.stats.sketch.Sketch.positions` of many one-channel sketches in one compiled call.
+
+    Returns:
+        ``(p_lo (T,), flat, offsets (T + 1,))``: sketch i's counts are ``flat[offsets[i]:offsets[i + 1]]``
+        from position ``p_lo[i]`` (``p_lo = 0`` and no counts when it is empty).
+    """
+    if len(sketches) == 1:  # Sketch.positions of one sketch: no lists
+        sk = sketches[0]
+        neg, pos = sk.neg[0], sk.pos[0]
+        return _row_positions(neg, np.array([0, neg.size]), np.array([sk.neg_off]), sk.zero.astype(np.int64, copy=False),
+                              pos, np.array([0, pos.size]), np.array([sk.pos_off]), int(sk.key0))
+
+    def stores(which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = [getattr(sk, which)[0] for sk in sketches]
+        at = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([r.size for r in rows], out=at[1:])
+        flat = np.concatenate(rows).astype(np.int64, copy=False) if rows else np.zeros(0, dtype=np.int64)
+        return flat, at, np.array([getattr(sk, which + "_off") for sk in sketches], dtype=np.int64)
+
+    neg, neg_at, neg_off = stores("neg")
+    pos, pos_at, pos_off = stores("pos")
+    zero = np.array([sk.zero[0] for sk in sketches], dtype=np.int64)
+    key0 = sketches[0].key0 if sketches else 0
+    return _row_positions(neg, neg_at, neg_off, zero, pos, pos_at, pos_off, int(key0))
 
 
 def sketch_columns(flat: np.ndarray, offsets: np.ndarray, p_lo: np.ndarray, n: np.ndarray, lo: np.ndarray,

@@ -72,6 +72,13 @@ if AVAILABLE:
         total = 0.0
         count = 0
         runs, run = (1, n) if n <= SAMPLE_RUNS * SAMPLE_RUN else (SAMPLE_RUNS, SAMPLE_RUN)
+        for r in range(runs):  # a plain sum first (vectorised); a non-finite one is redone value by value
+            start = 0 if runs == 1 else r * (n - run) // (runs - 1)
+            for i in range(start, start + run):
+                total += np.float64(x[i])
+        if np.isfinite(total):
+            return total / (runs * run) if n else 0.0
+        total = 0.0
         for r in range(runs):
             start = 0 if runs == 1 else r * (n - run) // (runs - 1)
             for i in range(start, start + run):

@@ -138,14 +138,15 @@ if AVAILABLE:
     def _key_ranges(x, t32, shift, mask, half, top):  # pragma: no cover - compiled
         """The smallest and largest magnitude key of the positive and of the negative values that
         are finite and outside the zero bucket (``top, -1`` when there are none)."""
-        bits = x.view(np.int32)
+        hi16 = x.view(np.uint16)  # keys off the high halves, as kernels.count_keys reads them
+        s = np.uint16(shift - 16)
+        m = np.uint16(mask)
         lo_p, hi_p, lo_n, hi_n = top, -1, top, -1
         for i in range(x.shape[0]):
-            b = bits[i]
-            k = (b >> shift) & mask
-            mag = k & (half - 1)
+            h = hi16[2 * i + kernels.HI16]
+            mag = np.int64((h >> s) & m) & (half - 1)
             keep = np.int64((mag < top) & (abs(x[i]) >= t32))
-            neg = np.int64(b < 0)
+            neg = np.int64(h >> np.uint16(15))
             sel_p = keep * (1 - neg)
             sel_n = keep * neg
             lo_p = min(lo_p, mag * sel_p + top * (1 - sel_p))
@@ -157,14 +158,15 @@ if AVAILABLE:
     @numba.njit(cache=True, nogil=True)
     def _range_counts(x, t32, shift, mask, half, top, lo_p, wp, lo_n, wn):  # pragma: no cover - compiled
         """Counts on ``[positive keys from lo_p (wp) | negative keys from lo_n (wn) | zero | NaN/Inf]``."""
-        bits = x.view(np.int32)
+        hi16 = x.view(np.uint16)
+        s = np.uint16(shift - 16)
+        m = np.uint16(mask)
         lanes = np.zeros((kernels.LANES, wp + wn + 2), dtype=np.int64)  # see kernels.LANES
         off_n = wp - lo_n
         for i in range(x.shape[0]):
-            b = bits[i]
-            k = (b >> shift) & mask
-            mag = k & (half - 1)
-            neg = np.int64(b < 0)  # the sign bit (``k >= half`` here took 7 ns per value instead of 2)
+            h = hi16[2 * i + kernels.HI16]
+            mag = np.int64((h >> s) & m) & (half - 1)
+            neg = np.int64(h >> np.uint16(15))  # the sign bit (``k >= half`` here took 7 ns per value instead of 2)
             j = mag + neg * off_n - (1 - neg) * lo_p
             zero = np.int64(abs(x[i]) < t32)
             j = j * (1 - zero) + zero * (wp + wn)

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from scipy.special import ndtr
 
+from . import columns
 from .kernels import HI16
 
 __all__ = ["MAX_MANTISSA_BITS", "MIN_ABS_FLOOR", "Sketch", "key_edges", "key_of", "mantissa_bits"]
@@ -291,7 +292,7 @@ class Sketch:
         Returns:
             (p_lo, counts): position of column 0 and counts, shape (C, m), int64; m = 0 if empty.
         """
-        return self._positions_row() if self.c == 1 else self._positions_dense()
+        return self._positions_row() if self.c == 1 and columns.AVAILABLE else self._positions_dense()
 
     def _positions_dense(self) -> tuple[int, np.ndarray]:
         """:meth:`positions` of any number of channels, through one dense (C, m) array."""
@@ -316,33 +317,10 @@ class Sketch:
         return lo + int(cols[0]), dense[:, cols[0] : cols[-1] + 1]
 
     def _positions_row(self) -> tuple[int, np.ndarray]:
-        """:meth:`positions` of one channel: the stores' non-zero ends found without a dense copy."""
-        zero = int(self.zero[0])
-        neg, pos = self.neg[0], self.pos[0]
-        nz_n, nz_p = nonzero_ends(neg), nonzero_ends(pos)
-        # (first position, last position) of each non-empty part; negative key k is at -(k - k0 + 1)
-        spans = []
-        if nz_n.size:
-            spans.append((-(self.neg_off + int(nz_n[-1]) - self.key0 + 1), -(self.neg_off + int(nz_n[0]) - self.key0 + 1)))
-        if zero:
-            spans.append((0, 0))
-        if nz_p.size:
-            spans.append((self.pos_off + int(nz_p[0]) - self.key0 + 1, self.pos_off + int(nz_p[-1]) - self.key0 + 1))
-        if not spans:
-            return 0, np.zeros((1, 0), dtype=np.int64)
-        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
-        dense = np.zeros(hi - lo + 1, dtype=np.int64)
-        if nz_n.size:  # positions -(k - k0 + 1) for k = neg_off + j, largest key first
-            a, b = int(nz_n[0]), int(nz_n[-1])
-            start = -(self.neg_off + b - self.key0 + 1) - lo
-            dense[start : start + b - a + 1] += neg[a : b + 1][::-1]
-        if zero:
-            dense[-lo] += zero
-        if nz_p.size:
-            a, b = int(nz_p[0]), int(nz_p[-1])
-            start = self.pos_off + a - self.key0 + 1 - lo
-            dense[start : start + b - a + 1] += pos[a : b + 1]
-        return lo, dense.reshape(1, -1)
+        """:meth:`positions` of one channel, compiled (:func:`~nndist.stats.columns.row_positions`:
+        the stores' non-zero ends found without a dense copy)."""
+        p_lo, flat, _ = columns.row_positions([self])
+        return int(p_lo[0]), flat.reshape(1, -1)
 
     def edge(self, j: np.ndarray | int) -> np.ndarray:
         """Edge e_j between positions j and j+1, float64, exact.

@@ -130,16 +130,21 @@ def _in_table(first: Summary, s: Summary, position: tuple[int, np.ndarray]) -> b
     return max(abs(p - 1), abs(p + counts.shape[1])) <= -start - 1  # the table: positions -reach - 1 .. reach
 
 
-def _compiled(summaries, positions, state, std_ks, q, octave_bins):  # noqa: ANN001, ANN202
-    """Quantiles, KS lower bounds and coarse histograms of all summaries from one compiled pass."""
+def _compiled(summaries, positions, state, std_ks, q, octave_bins, flat=None):  # noqa: ANN001, ANN202
+    """Quantiles, KS lower bounds and coarse histograms of all summaries from one compiled pass
+    (``flat``: ``positions`` already concatenated, as ``(p_lo, counts, offsets)``)."""
     sk = summaries[0]._sketch  # noqa: SLF001
     first, table = _edge_table(sk)
-    sizes = np.array([c.shape[1] for _, c in positions], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    flat = np.concatenate([c[0] for _, c in positions]) if offsets[-1] else np.zeros(0, dtype=np.int64)
+    if flat is None:
+        sizes = np.array([c.shape[1] for _, c in positions], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        counts = np.concatenate([c[0] for _, c in positions]) if offsets[-1] else np.zeros(0, dtype=np.int64)
+        p_lo = np.array([p for p, _ in positions])
+    else:
+        p_lo, counts, offsets = flat
     shift = sk.m if octave_bins is None else _octave_shift(summaries[0], octave_bins)
     quant, at_edge, at_cdf, at_start, left, right, count, h_start = columns_kernel.sketch_columns(
-        flat, offsets, np.array([p for p, _ in positions]), state["n"], state["min"], state["max"], q, table, first,
+        counts, offsets, p_lo, state["n"], state["min"], state["max"], q, table, first,
         sk.key0, shift, summaries[0].min_abs)
     ks = np.full(len(summaries), np.nan)
     owner = np.repeat(np.arange(len(summaries)), np.diff(at_start))
@@ -223,15 +228,22 @@ def scalar_columns(summaries: Sequence[Summary], octave_bins: int | None = None
     }
     q = np.array(list(QUANTILE_COLUMNS.values()))
     std_ks = np.sqrt(np.where(has, m2 / np.maximum(n, 1), 0.0))
-    positions = [s._sketch.positions() for s in summaries]  # noqa: SLF001 - same package: read once
+    flat = None
+    if columns_kernel.AVAILABLE and t:  # every sketch's positions in one compiled call, read once
+        flat = columns_kernel.row_positions([s._sketch for s in summaries])  # noqa: SLF001 - same package
+        p_lo, counts, offsets = flat
+        positions = [(int(p_lo[i]), counts[offsets[i] : offsets[i + 1]].reshape(1, -1)) for i in range(t)]
+    else:
+        positions = [s._sketch.positions() for s in summaries]  # noqa: SLF001
     fast = np.array([columns_kernel.AVAILABLE and _in_table(summaries[0], s, p) for s, p in zip(summaries, positions)], dtype=bool)
     quant, ks = np.full((t, q.size), np.nan), np.full(t, np.nan)
     hists: list[tuple[np.ndarray, ...]] = [()] * t
     for path, chosen in ((_compiled, np.flatnonzero(fast)), (_per_summary, np.flatnonzero(~fast))):
         if chosen.size:
             sub = {k: v[chosen] for k, v in state.items()}
+            extra = {"flat": flat} if path is _compiled and chosen.size == t else {}
             quant[chosen], ks[chosen], part = path([summaries[i] for i in chosen], [positions[i] for i in chosen],
-                                                   sub, std_ks[chosen], q, octave_bins)
+                                                   sub, std_ks[chosen], q, octave_bins, **extra)
             for i, h in zip(chosen, part):
                 hists[i] = h
     out.update({name: quant[:, j] for j, name in enumerate(QUANTILE_COLUMNS)})
