@@ -31,6 +31,7 @@ one of ``C`` channels (a shard of a parameter), both exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from functools import cached_property
 import numpy as np
 
@@ -114,14 +115,8 @@ def _central(f: np.ndarray) -> tuple[np.ndarray, ...]:
 _BLANKS: dict[tuple[float, float, int | None], Summary] = {}
 
 
-def _state(space: KeySpace, channels: int | None, arrays: dict[str, np.ndarray],
-           neg: tuple[int, np.ndarray], pos: tuple[int, np.ndarray]) -> Summary:
-    """A summary holding the state arrays of :data:`STATE_ARRAYS` and the two stores.
-
-    The state of :meth:`Summary.state_dict`, put into a copy of an empty summary of the same
-    accuracy and channels (a hundred times a step: the checks of ``from_state_dict`` are for
-    states read from files, and these are made here).
-    """
+def _blank(space: KeySpace, channels: int | None) -> tuple[Summary, Any]:
+    """A copy of an empty summary of this accuracy and channels, and its sketch (to be filled)."""
     key = (space.relative_accuracy, space.min_abs, channels)
     blank = _BLANKS.get(key)
     if blank is None:
@@ -131,6 +126,18 @@ def _state(space: KeySpace, channels: int | None, arrays: dict[str, np.ndarray],
     sk = object.__new__(type(blank._sketch))  # noqa: SLF001 - this module builds summaries
     sk.__dict__.update(blank._sketch.__dict__)  # noqa: SLF001
     s._sketch = sk  # noqa: SLF001
+    return s, sk
+
+
+def _state(space: KeySpace, channels: int | None, arrays: dict[str, np.ndarray],
+           neg: tuple[int, np.ndarray], pos: tuple[int, np.ndarray]) -> Summary:
+    """A summary holding the state arrays of :data:`STATE_ARRAYS` and the two stores.
+
+    The state of :meth:`Summary.state_dict`, put into a copy of an empty summary of the same
+    accuracy and channels (a hundred times a step: the checks of ``from_state_dict`` are for
+    states read from files, and these are made here).
+    """
+    s, sk = _blank(space, channels)
     for name, dtype in STATE_ARRAYS.items():
         value = arrays[name]
         if type(value) is not np.ndarray or value.dtype != dtype or value.shape != (sk.c,):
@@ -187,9 +194,14 @@ def compact_summary(space: KeySpace, fields: np.ndarray, zero: int, neg: tuple[i
     mean, m2, m3, m4 = central_sums(f[3], f[4], f[5], f[6], n, f[7]) if n else (0.0, 0.0, 0.0, 0.0)
     ints = np.array([n, nan, posinf, int(total) - n - nan - posinf, int(zero)], dtype=np.int64)
     floats = np.array([mean, m2, m3, m4, f[8] if n else np.inf, f[9] if n else -np.inf])
-    arrays = {name: ints[i : i + 1] for i, name in enumerate(("n", "nan", "posinf", "neginf", "zero"))}
-    arrays.update({name: floats[i : i + 1] for i, name in enumerate(("mean", "m2", "m3", "m4", "min", "max"))})
-    return _state(space, None, arrays, _trimmed_row(*neg), _trimmed_row(*pos))
+    # the state arrays of STATE_ARRAYS, set directly (a hundred and more times a step; _state checks them)
+    s, sk = _blank(space, None)
+    s._n, s._nan, s._posinf, s._neginf, sk.zero = ints[0:1], ints[1:2], ints[2:3], ints[3:4], ints[4:5]  # noqa: SLF001
+    s._mean, s._m2, s._m3, s._m4 = floats[0:1], floats[1:2], floats[2:3], floats[3:4]  # noqa: SLF001
+    s._min, s._max = floats[4:5], floats[5:6]  # noqa: SLF001
+    sk.neg_off, sk.neg = _trimmed_row(*neg)
+    sk.pos_off, sk.pos = _trimmed_row(*pos)
+    return s
 
 
 def whole_summary(space: KeySpace, fields: np.ndarray, counts: np.ndarray, total: int) -> Summary:
