@@ -31,8 +31,8 @@ one of ``C`` channels (a shard of a parameter), both exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from functools import cached_property
+from typing import Any
 import numpy as np
 
 from .moments import central_sums

@@ -233,7 +233,7 @@ def cpu_summaries(space: KeySpace, tensors: Sequence[torch.Tensor], threads: int
         non-finite counts exactly; moments to float64 rounding).
     """
     arrays = [t.detach().to(torch.float32).contiguous().reshape(-1).numpy() for t in tensors]
-    refs = [kernels.sample_mean(a) if a.size else 0.0 for a in arrays]
+    refs = [kernels.sample_mean(a) for a in arrays]
     # a small tensor is one job counted on its own key ranges; a larger one is counted over the
     # whole key space, in chunks of at most CHUNK values that are added
     jobs = [(i, start) for i, a in enumerate(arrays) for start in range(0, a.size, CHUNK)]
