@@ -90,9 +90,11 @@ if AVAILABLE:
         return total / count if count else 0.0
 
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-    def power_sums_extremes(x, lo, hi, ref):  # pragma: no cover - compiled
-        """``sum (x[i] - ref)^p`` for p = 1..4 (float64) and the extremes of ``x[lo:hi]`` (NaN is
-        passed over), in one read.
+    def power_sums_extremes(x, ref):  # pragma: no cover - compiled
+        """``sum (x[i] - ref)^p`` for p = 1..4 (float64) and the extremes of ``x`` (NaN is
+        passed over), in one read. A part of an array is passed as a view: loops from a run-time
+        start ``lo`` keep numba's test for negative indices, which stops them vectorising
+        (1.7 ns per value here instead of 0.3; the loops of :func:`count_keys` 0.7 instead of 0.35).
 
         :data:`SUM_LANES` independent accumulators, added at the end: one chain per sum took
         0.6 ns per value here, these 0.4 with the extremes included (which alone took 0.5).
@@ -101,10 +103,11 @@ if AVAILABLE:
         a2 = np.zeros(SUM_LANES)
         a3 = np.zeros(SUM_LANES)
         a4 = np.zeros(SUM_LANES)
-        vlo = np.full(SUM_LANES, x[lo])
-        vhi = np.full(SUM_LANES, x[lo])
-        end = lo + (hi - lo) // SUM_LANES * SUM_LANES
-        for i in range(lo, end, SUM_LANES):
+        vlo = np.full(SUM_LANES, x[0])
+        vhi = np.full(SUM_LANES, x[0])
+        hi = x.shape[0]
+        end = hi // SUM_LANES * SUM_LANES
+        for i in range(0, end, SUM_LANES):
             for j in range(SUM_LANES):
                 v = x[i + j]
                 d = np.float64(v) - ref
@@ -130,8 +133,8 @@ if AVAILABLE:
         return s1, s2, s3, s4, vmin, vmax
 
     @numba.njit(cache=True, nogil=True)
-    def count_keys(bits, lo, hi, shift, mask, lanes):  # pragma: no cover - compiled
-        """Adds ``(bits[i] >> shift) & mask`` for ``i`` in ``lo..hi`` into ``lanes[i % LANES]``
+    def count_keys(bits, shift, mask, lanes):  # pragma: no cover - compiled
+        """Adds ``(bits[i] >> shift) & mask`` for every ``i`` into ``lanes[i % LANES]``
         (into ``lanes[0]`` when there is one set); ``shift >= 16`` and ``shift + log2(mask + 1) <= 32``.
 
         The key is read off the high 16-bit half as ``(half >> (shift - 16)) & mask`` in uint16:
@@ -140,14 +143,15 @@ if AVAILABLE:
         compile-time shift).
         """
         half = bits.view(np.uint16)
+        hi = bits.shape[0]
         s = np.uint16(shift - 16)
         m = np.uint16(mask)
         if lanes.shape[0] == 1:
-            for i in range(lo, hi):
+            for i in range(hi):
                 lanes[0, (half[2 * i + HI16] >> s) & m] += 1
             return
-        end = lo + (hi - lo) // LANES * LANES
-        for i in range(lo, end, LANES):
+        end = hi // LANES * LANES
+        for i in range(0, end, LANES):
             lanes[0, (half[2 * i + HI16] >> s) & m] += 1
             lanes[1, (half[2 * i + 2 + HI16] >> s) & m] += 1
             lanes[2, (half[2 * i + 4 + HI16] >> s) & m] += 1
@@ -167,15 +171,16 @@ if AVAILABLE:
         for b in numba.prange(blocks):
             lo = b * BLOCK
             hi = min(n, lo + BLOCK)
-            s1, s2, s3, s4, vmin, vmax = power_sums_extremes(x, lo, hi, ref)
+            s1, s2, s3, s4, vmin, vmax = power_sums_extremes(x[lo:hi], ref)  # views: see power_sums_extremes
             sums[b, 0] = s1
             sums[b, 1] = s2
             sums[b, 2] = s3
             sums[b, 3] = s4
-            count_keys(bits, lo, hi, shift, mask, counts[numba.get_thread_id()])
+            block_bits = bits[lo:hi]
+            count_keys(block_bits, shift, mask, counts[numba.get_thread_id()])
             nonfinite = 0
-            for i in range(lo, hi):  # exponent bits all ones: Inf or NaN (an integer test, immune to fastmath)
-                nonfinite += (bits[i] & 0x7F800000) == 0x7F800000
+            for i in range(hi - lo):  # exponent bits all ones: Inf or NaN (an integer test, immune to fastmath)
+                nonfinite += (block_bits[i] & 0x7F800000) == 0x7F800000
             extremes[b, 0] = vmin
             extremes[b, 1] = vmax
             bad[b] = nonfinite

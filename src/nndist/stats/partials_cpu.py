@@ -86,7 +86,7 @@ if AVAILABLE:
     @numba.njit(cache=True, nogil=True)
     def _plain(x, ref, fields):  # pragma: no cover - compiled
         """Power sums and extremes of values taken to be finite (two vectorised loops)."""
-        s1, s2, s3, s4, vmin, vmax = kernels.power_sums_extremes(x, 0, x.shape[0], ref)
+        s1, s2, s3, s4, vmin, vmax = kernels.power_sums_extremes(x, ref)
         fields[0], fields[1], fields[2] = x.shape[0], 0, 0
         fields[3], fields[4], fields[5], fields[6] = s1, s2, s3, s4
         fields[7], fields[8], fields[9] = ref, vmin, vmax
@@ -99,7 +99,7 @@ if AVAILABLE:
         _plain(x, ref, fields)
         lanes[:] = 0
         # raw keys; the zero bucket and NaN/Inf are sorted out below and on the host
-        kernels.count_keys(bits, 0, x.shape[0], shift, mask, lanes)
+        kernels.count_keys(bits, shift, mask, lanes)
         counts = lanes[0]
         for j in range(1, lanes.shape[0]):
             counts += lanes[j]
@@ -116,17 +116,23 @@ if AVAILABLE:
                     counts[k - k0] += 1  # key 0 (positive) or half (negative): both in the zero bucket
 
     @numba.njit(cache=True, nogil=True)
-    def _stores(counts, k0, half, top):  # pragma: no cover - compiled
+    def _stores(counts, k0, half, top, shift, vmin, vmax):  # pragma: no cover - compiled
         """Raw key counts over the whole key space as :func:`_compact` gives them: the zero
         bucket's count and the counts of the positive and of the negative keys, each from its
-        first to its last non-empty key (copies)."""
+        first to its last non-empty key (copies).
+
+        ``vmin, vmax``: the finite extremes; no finite value has a larger magnitude key than
+        theirs, so the scans for the last keys start there, not at the top of the key space
+        (about 16K empty counters per sign for weights and gradients).
+        """
         zero = counts[:k0].sum() + counts[half : half + k0].sum()
-        lo_p, hi_p = k0, top - 1
+        ends = np.array([vmax, -vmin], dtype=np.float32).view(np.int32)
+        lo_p, hi_p = k0, min(top - 1, (ends[0] >> shift) & (half - 1)) if vmax > 0 else k0 - 1
         while lo_p <= hi_p and counts[lo_p] == 0:
             lo_p += 1
         while hi_p >= lo_p and counts[hi_p] == 0:
             hi_p -= 1
-        lo_n, hi_n = k0, top - 1
+        lo_n, hi_n = k0, min(top - 1, (ends[1] >> shift) & (half - 1)) if vmin < 0 else k0 - 1
         while lo_n <= hi_n and counts[half + lo_n] == 0:
             lo_n += 1
         while hi_n >= lo_n and counts[half + hi_n] == 0:
@@ -233,30 +239,35 @@ def cpu_summaries(space: KeySpace, tensors: Sequence[torch.Tensor], threads: int
         non-finite counts exactly; moments to float64 rounding).
     """
     arrays = [t.detach().to(torch.float32).contiguous().reshape(-1).numpy() for t in tensors]
-    refs = [kernels.sample_mean(a) for a in arrays]
     # a small tensor is one job counted on its own key ranges; a larger one is counted over the
     # whole key space, in chunks of at most CHUNK values that are added
     jobs = [(i, start) for i, a in enumerate(arrays) for start in range(0, a.size, CHUNK)]
     fields = np.zeros((len(jobs), 10))
-    fields[:, 7] = [refs[i] for i, _ in jobs]
-    # counts over the whole key space: one chunk's in the thread's scratch, turned into stores
-    # at once; the chunks of a larger tensor added up in its own array first
-    dense = {i: np.zeros(space.nbins, dtype=np.int64) for i, a in enumerate(arrays) if a.size > CHUNK}
-    compact: dict[int, tuple] = {}
+    # the chunks of a tensor of several share its reference (computed here) and add their counts
+    # in its own array; a one-chunk tensor is finished in its job, summary included (Python that
+    # overlaps the other threads' compiled passes)
+    refs = {i: kernels.sample_mean(a) for i, a in enumerate(arrays) if a.size > CHUNK}
+    dense = {i: np.zeros(space.nbins, dtype=np.int64) for i in refs}
+    done: dict[int, Summary] = {}
     locks = {i: threading.Lock() for i in dense}
     constants = (np.float32(space.t32), 23 - space.m, space.nbins - 1, space.k0, space.half, space.top)
+    store_args = (space.k0, space.half, space.top, 23 - space.m)
 
     def run(j: int) -> None:
         i, start = jobs[j]
-        if arrays[i].size <= COMPACT:
-            compact[i] = _compact(arrays[i], refs[i], *constants, fields[j])
-            return
-        chunk = arrays[i][start : start + CHUNK]
-        lanes = _scratch(space.nbins)[: kernels.lanes_for(chunk.size)]
-        _pass(chunk, refs[i], *constants, fields[j], lanes)
+        a = arrays[i]
         if i not in dense:
-            compact[i] = _stores(lanes[0], space.k0, space.half, space.top)
+            ref = kernels.sample_mean(a)
+            if a.size <= COMPACT:
+                zero, pos_off, pos, neg_off, neg = _compact(a, ref, *constants, fields[j])
+            else:
+                lanes = _scratch(space.nbins)[: kernels.lanes_for(a.size)]
+                _pass(a, ref, *constants, fields[j], lanes)
+                zero, pos_off, pos, neg_off, neg = _stores(lanes[0], *store_args, fields[j, 8], fields[j, 9])
+            done[i] = compact_summary(space, fields[j], zero, (neg_off, neg), (pos_off, pos), a.size)
             return
+        lanes = _scratch(space.nbins)[: kernels.lanes_for(CHUNK)]
+        _pass(a[start : start + CHUNK], refs[i], *constants, fields[j], lanes)
         with locks[i]:
             np.add(dense[i], lanes[0], out=dense[i])
 
@@ -264,26 +275,27 @@ def cpu_summaries(space: KeySpace, tensors: Sequence[torch.Tensor], threads: int
     if threads == 1 or len(jobs) == 1 or sum(a.size for a in arrays) < 2 * CHUNK:
         for j in range(len(jobs)):
             run(j)
-    else:  # one task per thread, the jobs dealt largest first to the least loaded (no task per small tensor)
-        sizes = [min(CHUNK, arrays[i].size - start) for i, start in jobs]
-        loads, tasks = [0] * threads, [[] for _ in range(threads)]
-        for j in sorted(range(len(jobs)), key=lambda j: -sizes[j]):
-            t = loads.index(min(loads))
-            tasks[t].append(j)
-            loads[t] += sizes[j] + 1000  # ~1 us of fixed cost per job
-        list(_pool(threads).map(lambda task: [run(j) for j in task], [t for t in tasks if t]))
+    else:  # one task per thread; each takes the next job, largest first, until none is left
+        order = sorted(range(len(jobs)), key=lambda j: -min(CHUNK, arrays[jobs[j][0]].size - jobs[j][1]))
+        queue = iter(order)  # next() on it is atomic under the GIL
+
+        def work() -> None:
+            for j in queue:
+                run(j)
+
+        list(_pool(threads).map(lambda _: work(), range(threads)))
     out, row = [], 0
     for i, a in enumerate(arrays):
         rows = fields[row : row + -(-a.size // CHUNK)]
         row += rows.shape[0]
         if a.size == 0:
             out.append(space.empty())
+        elif i in done:
+            out.append(done[i])
         else:
-            merged = rows[0]
-            if rows.shape[0] > 1:
-                merged = rows[0].copy()
-                merged[:7] = rows[:, :7].sum(0)
-                merged[8], merged[9] = rows[:, 8].min(), rows[:, 9].max()
-            zero, pos_off, pos, neg_off, neg = compact[i] if i in compact else _stores(dense[i], space.k0, space.half, space.top)
+            merged = rows[0].copy()
+            merged[:7] = rows[:, :7].sum(0)
+            merged[8], merged[9] = rows[:, 8].min(), rows[:, 9].max()
+            zero, pos_off, pos, neg_off, neg = _stores(dense[i], *store_args, merged[8], merged[9])
             out.append(compact_summary(space, merged, zero, (neg_off, neg), (pos_off, pos), a.size))
     return out
