@@ -179,7 +179,7 @@ def _trimmed_row(offset: int, row: np.ndarray) -> tuple[int, np.ndarray]:
 
 
 def compact_summary(space: KeySpace, fields: np.ndarray, zero: int, neg: tuple[int, np.ndarray],
-                    pos: tuple[int, np.ndarray], total: int) -> Summary:
+                    pos: tuple[int, np.ndarray], total: int, *, trimmed: bool = False) -> Summary:
     """A scalar summary from a partial whose counts are already on their key ranges.
 
     Args:
@@ -188,6 +188,8 @@ def compact_summary(space: KeySpace, fields: np.ndarray, zero: int, neg: tuple[i
         zero: the zero bucket's count.
         neg, pos: ``(first key, counts)`` of the negative and positive values (1-D).
         total: the number of values, finite or not.
+        trimmed: the counts are int64 arrays of their own (not views), with non-zero first and
+            last counts (or empty), and are kept as they are; otherwise they are trimmed into copies.
     """
     f = fields.tolist()
     n, nan, posinf = int(f[0]), int(f[1]), int(f[2])
@@ -199,8 +201,12 @@ def compact_summary(space: KeySpace, fields: np.ndarray, zero: int, neg: tuple[i
     s._n, s._nan, s._posinf, s._neginf, sk.zero = ints[0:1], ints[1:2], ints[2:3], ints[3:4], ints[4:5]  # noqa: SLF001
     s._mean, s._m2, s._m3, s._m4 = floats[0:1], floats[1:2], floats[2:3], floats[3:4]  # noqa: SLF001
     s._min, s._max = floats[4:5], floats[5:6]  # noqa: SLF001
-    sk.neg_off, sk.neg = _trimmed_row(*neg)
-    sk.pos_off, sk.pos = _trimmed_row(*pos)
+    if trimmed:
+        sk.neg_off, sk.neg = int(neg[0]), neg[1].reshape(1, -1)
+        sk.pos_off, sk.pos = int(pos[0]), pos[1].reshape(1, -1)
+    else:
+        sk.neg_off, sk.neg = _trimmed_row(*neg)
+        sk.pos_off, sk.pos = _trimmed_row(*pos)
     return s
 
 
