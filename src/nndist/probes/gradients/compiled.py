@@ -137,13 +137,13 @@ if AVAILABLE:
         n0, n1, n2 = shape3
         one = numba.uint64(1)
         for p in range(lo, hi):
-            src = numba.uint64(0)
+            plane = flat[p]
             for z in range(n0):
                 for y in range(n1):
                     base = z * st0 + y * st1
-                    for x in range(n2):
-                        buf[base + x] = flat[p, src]
-                        src += one
+                    src = (z * n1 + y) * n2
+                    for x in range(n2):  # a row, vectorised (a running source index kept it scalar)
+                        buf[base + x] = plane[src + x]
             for gi in range(numba.uint64(groups.shape[0])):
                 start = groups[gi, 0]
                 count = groups[gi, 1]
