@@ -274,6 +274,7 @@ def test_scalar_columns_equal_rows_and_coarse_histograms(compiled: bool, monkeyp
         monkeypatch.setattr(columns_mod, "AVAILABLE", False)
     summaries = [twin(_values(k, n, n)) for k in KINDS_ALL for n in (1, 3, 500)] + [Summary(), twin(torch.zeros(4))]
     summaries.append(twin(torch.tensor([1e200, -3.0])))  # beyond float32: edges outside the table (numpy path)
+    summaries.append(Summary(relative_accuracy=0.05).update(_values("normal", 200, 9).double()))  # other edges (numpy path)
     cols, hists = scalar_columns(summaries, 8)
     for i, s in enumerate(summaries):
         for name, value in s.rows()[0].items():

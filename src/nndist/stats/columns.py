@@ -163,16 +163,15 @@ def row_positions(sketches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noq
         return _row_positions(neg, np.array([0, neg.size]), np.array([sk.neg_off]), sk.zero.astype(np.int64, copy=False),
                               pos, np.array([0, pos.size]), np.array([sk.pos_off]), int(sk.key0))
 
-    def stores(which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows = [getattr(sk, which)[0] for sk in sketches]
+    def stores(rows: list[np.ndarray], offs: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         at = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum([r.size for r in rows], out=at[1:])
-        flat = np.concatenate(rows).astype(np.int64, copy=False) if rows else np.zeros(0, dtype=np.int64)
-        return flat, at, np.array([getattr(sk, which + "_off") for sk in sketches], dtype=np.int64)
+        flat = np.concatenate(rows, axis=1)[0].astype(np.int64, copy=False) if rows else np.zeros(0, dtype=np.int64)
+        return flat, at, np.array(offs, dtype=np.int64)
 
-    neg, neg_at, neg_off = stores("neg")
-    pos, pos_at, pos_off = stores("pos")
-    zero = np.array([sk.zero[0] for sk in sketches], dtype=np.int64)
+    neg, neg_at, neg_off = stores([sk.neg for sk in sketches], [sk.neg_off for sk in sketches])
+    pos, pos_at, pos_off = stores([sk.pos for sk in sketches], [sk.pos_off for sk in sketches])
+    zero = np.concatenate([sk.zero for sk in sketches]).astype(np.int64, copy=False) if sketches else np.zeros(0, dtype=np.int64)
     key0 = sketches[0].key0 if sketches else 0
     return _row_positions(neg, neg_at, neg_off, zero, pos, pos_at, pos_off, int(key0))
 
