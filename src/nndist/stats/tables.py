@@ -121,15 +121,6 @@ def _octave_shift(s: Summary, octave_bins: int) -> int:
     return shift
 
 
-def _in_table(first: Summary, s: Summary, position: tuple[int, np.ndarray]) -> bool:
-    """Whether ``s`` has ``first``'s edges and the edge table holds every position it needs."""
-    if s._sketch.m != first._sketch.m or s.min_abs != first.min_abs:  # noqa: SLF001
-        return False
-    start, _ = _edge_table(s._sketch)  # noqa: SLF001
-    p, counts = position
-    return max(abs(p - 1), abs(p + counts.shape[1])) <= -start - 1  # the table: positions -reach - 1 .. reach
-
-
 def _compiled(summaries, positions, state, std_ks, q, octave_bins, flat=None):  # noqa: ANN001, ANN202
     """Quantiles, KS lower bounds and coarse histograms of all summaries from one compiled pass
     (``flat``: ``positions`` already concatenated, as ``(p_lo, counts, offsets)``)."""
