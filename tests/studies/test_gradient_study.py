@@ -20,6 +20,7 @@ from nndist.studies.gradient_study import GradientStudy, run_gradients
 from nndist.probes.gradients import emission_absorption
 from nndist.models import create_model, save_checkpoint
 from nndist.paper import CIFAR10_MEAN, CIFAR10_STD
+from nndist.results import layout
 from nndist.stats import SUMMARY_COLUMNS
 
 LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
@@ -59,7 +60,8 @@ def test_gradients_run_matches_api(tmp_path, paper_ckpt):
     load_weights(model, paper_ckpt)
     x = data.normalized(CIFAR10_MEAN, CIFAR10_STD, indices=order[:16])
     ref = emission_absorption(model.eval(), x, data.labels[order[:16]])
-    norms = np.load(run / "channel_norms.npz")
+    with np.load(run / layout.CHANNEL_NORMS) as npz:
+        norms = {name: npz[name] for name in npz.files}
     for layer in LAYERS:
         em = np.load(run / "per_sample" / f"{layer}.emission.npy", mmap_mode="r")
         ab = np.load(run / "per_sample" / f"{layer}.absorption.npy", mmap_mode="r")
