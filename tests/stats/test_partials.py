@@ -336,6 +336,7 @@ def test_positions_of_many_sketches_in_one_call_equal_each_dense_construction() 
     merged = twin(xs[0])
     merged.merge(twin(1e3 * xs[1]))
     sketches.append(merged._sketch)  # noqa: SLF001 - empty columns at the stores' ends
+    sketches.append(Summary(relative_accuracy=0.05).update(xs[2].double())._sketch)  # noqa: SLF001 - another key0
     p_lo, flat, offsets = columns_mod.row_positions(sketches)
     for i, sk in enumerate(sketches):
         p_dense, c_dense = sk._positions_dense()  # noqa: SLF001

@@ -43,12 +43,13 @@ if AVAILABLE:
         return first - a, last - a
 
     @numba.njit(cache=True, nogil=True)
-    def _row_positions(neg, neg_at, neg_off, zero, pos, pos_at, pos_off, key0):  # pragma: no cover - compiled
+    def _row_positions(neg, neg_at, neg_off, zero, pos, pos_at, pos_off, keys0):  # pragma: no cover - compiled
         t = zero.shape[0]
         p_lo = np.zeros(t, dtype=np.int64)
         offsets = np.zeros(t + 1, dtype=np.int64)
         spans = np.zeros((t, 4), dtype=np.int64)  # non-zero ends of the negative and positive stores
         for i in range(t):
+            key0 = keys0[i]
             na, nb = _ends(neg, neg_at[i], neg_at[i + 1])
             pa, pb = _ends(pos, pos_at[i], pos_at[i + 1])
             spans[i, 0], spans[i, 1], spans[i, 2], spans[i, 3] = na, nb, pa, pb
@@ -66,6 +67,7 @@ if AVAILABLE:
             offsets[i + 1] = offsets[i] + (0 if empty else hi - lo + 1)
         flat = np.zeros(offsets[t], dtype=np.int64)
         for i in range(t):
+            key0 = keys0[i]
             base = offsets[i] - p_lo[i]  # flat index of position 0
             na, nb, pa, pb = spans[i, 0], spans[i, 1], spans[i, 2], spans[i, 3]
             for j in range(na, nb + 1):
@@ -151,7 +153,8 @@ if AVAILABLE:
 
 
 def row_positions(sketches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001 - Sketch (a module above)
-    """:meth:`~nndist.stats.sketch.Sketch.positions` of many one-channel sketches in one compiled call.
+    """:meth:`~nndist.stats.sketch.Sketch.positions` of many one-channel sketches in one compiled call
+    (each with its own ``key0``: their accuracies may differ).
 
     Returns:
         ``(p_lo (T,), flat, offsets (T + 1,))``: sketch i's counts are ``flat[offsets[i]:offsets[i + 1]]``
@@ -161,7 +164,7 @@ def row_positions(sketches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noq
         sk = sketches[0]
         neg, pos = sk.neg[0], sk.pos[0]
         return _row_positions(neg, np.array([0, neg.size]), np.array([sk.neg_off]), sk.zero.astype(np.int64, copy=False),
-                              pos, np.array([0, pos.size]), np.array([sk.pos_off]), int(sk.key0))
+                              pos, np.array([0, pos.size]), np.array([sk.pos_off]), np.array([sk.key0], dtype=np.int64))
 
     def stores(rows: list[np.ndarray], offs: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         at = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -172,8 +175,8 @@ def row_positions(sketches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noq
     neg, neg_at, neg_off = stores([sk.neg for sk in sketches], [sk.neg_off for sk in sketches])
     pos, pos_at, pos_off = stores([sk.pos for sk in sketches], [sk.pos_off for sk in sketches])
     zero = np.concatenate([sk.zero for sk in sketches]).astype(np.int64, copy=False) if sketches else np.zeros(0, dtype=np.int64)
-    key0 = sketches[0].key0 if sketches else 0
-    return _row_positions(neg, neg_at, neg_off, zero, pos, pos_at, pos_off, int(key0))
+    keys0 = np.array([sk.key0 for sk in sketches], dtype=np.int64)  # each sketch's own (accuracies may differ)
+    return _row_positions(neg, neg_at, neg_off, zero, pos, pos_at, pos_off, keys0)
 
 
 def sketch_columns(flat: np.ndarray, offsets: np.ndarray, p_lo: np.ndarray, n: np.ndarray, lo: np.ndarray,

@@ -263,8 +263,9 @@ def cpu_summaries(space: KeySpace, tensors: Sequence[torch.Tensor], threads: int
     dense = {i: np.zeros(space.nbins, dtype=np.int64) for i in refs}
     done: dict[int, Summary] = {}
     locks = {i: threading.Lock() for i in dense}
-    constants = (np.float32(space.t32), 23 - space.m, space.nbins - 1, space.k0, space.half, space.top)
-    store_args = (space.k0, space.half, space.top, 23 - space.m)
+    shift = 23 - space.m  # keys: the sign, exponent and top m mantissa bits
+    constants = (np.float32(space.t32), shift, space.nbins - 1, space.k0, space.half, space.top)
+    store_args = (space.k0, space.half, space.top, shift)
 
     def run(j: int) -> None:
         i, start = jobs[j]

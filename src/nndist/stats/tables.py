@@ -221,23 +221,18 @@ def scalar_columns(summaries: Sequence[Summary], octave_bins: int | None = None
     q = np.array(list(QUANTILE_COLUMNS.values()))
     std_ks = np.sqrt(np.where(has, m2 / np.maximum(n, 1), 0.0))
     flat = None
-    fast = np.zeros(t, dtype=bool)
-    positions: list[Any] = [None] * t
-    if columns_kernel.AVAILABLE and t:
-        # the positions of every sketch with the first one's edges (and so its key0) in one compiled
-        # call, read once; those inside the first one's edge table take the compiled path
-        m0, a0 = summaries[0]._sketch.m, summaries[0].min_abs  # noqa: SLF001 - same package
-        same = np.flatnonzero([s._sketch.m == m0 and s.min_abs == a0 for s in summaries])  # noqa: SLF001
-        p_lo, counts, offsets = columns_kernel.row_positions([summaries[i]._sketch for i in same])  # noqa: SLF001
-        for j, i in enumerate(same):
-            positions[i] = (int(p_lo[j]), counts[offsets[j] : offsets[j + 1]].reshape(1, -1))
+    if columns_kernel.AVAILABLE and t:  # every sketch's positions in one compiled call, read once
+        flat = columns_kernel.row_positions([s._sketch for s in summaries])  # noqa: SLF001 - same package
+        p_lo, counts, offsets = flat
+        positions = [(int(p_lo[i]), counts[offsets[i] : offsets[i + 1]].reshape(1, -1)) for i in range(t)]
+        # the compiled path: the first one's edges, and every position needed inside its edge table
+        m0, a0 = summaries[0]._sketch.m, summaries[0].min_abs  # noqa: SLF001
         start, _ = _edge_table(summaries[0]._sketch)  # noqa: SLF001
-        fast[same] = np.maximum(np.abs(p_lo - 1), np.abs(p_lo + np.diff(offsets))) <= -start - 1
-        if same.size == t:
-            flat = (p_lo, counts, offsets)
-    for i in range(t):
-        if positions[i] is None:
-            positions[i] = summaries[i]._sketch.positions()  # noqa: SLF001
+        same = np.array([s._sketch.m == m0 and s.min_abs == a0 for s in summaries], dtype=bool)  # noqa: SLF001
+        fast = same & (np.maximum(np.abs(p_lo - 1), np.abs(p_lo + np.diff(offsets))) <= -start - 1)
+    else:
+        positions = [s._sketch.positions() for s in summaries]  # noqa: SLF001
+        fast = np.zeros(t, dtype=bool)
     quant, ks = np.full((t, q.size), np.nan), np.full(t, np.nan)
     hists: list[tuple[np.ndarray, ...]] = [()] * t
     for path, chosen in ((_compiled, np.flatnonzero(fast)), (_per_summary, np.flatnonzero(~fast))):
