@@ -150,3 +150,43 @@ def test_sample_mean_of_sorted_values_is_near_their_mean() -> None:
     x = np.sort(np.random.default_rng(3).standard_normal(2_000_000)).astype(np.float32)
     assert abs(kernels.sample_mean(x) - x.astype(np.float64).mean()) < 0.05 * x.std()
     assert kernels.sample_mean(np.full(3, np.inf, dtype=np.float32)) == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 5, kernels.SUB_BLOCK - 1, kernels.SUB_BLOCK, kernels.SUB_BLOCK + 1, 3 * kernels.SUB_BLOCK + 5])
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_sums_extremes_keys_across_sub_blocks_equal_the_literal_computation(n: int, where: str) -> None:
+    """Sums, extremes and key counts over sub-block boundaries, with the extremes at either end
+    (in the first or the last sub-block) and signed zeros among the values."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    x[rng.random(n) < 0.1] = -0.0
+    at = 0 if where == "first" else n - 1
+    x[at] = -7.5
+    if n > 1:
+        x[n - 1 - at] = 9.25
+    shift, bits = 17, 15
+    lanes = np.zeros((kernels.lanes_for(n), 1 << bits), dtype=np.int64)
+    s1, s2, s3, s4, kmin, kmax = kernels.sums_extremes_keys(x, 0.125, shift, (1 << bits) - 1, lanes)
+    vmin, vmax = kernels.unordered(kmin, kmax)
+    assert vmin == x.min() and vmax == x.max()
+    d = x.astype(np.float64) - 0.125
+    for p, s in enumerate((s1, s2, s3, s4), start=1):
+        np.testing.assert_allclose(s, np.sum(d**p), rtol=1e-12, atol=1e-12 * np.sum(np.abs(d) ** p))
+    keys = (x.view(np.int32) >> shift) & ((1 << bits) - 1)
+    assert np.array_equal(lanes.sum(0), np.bincount(keys, minlength=1 << bits))
+    assert kernels.power_sums_extremes(x, 0.125)[4:] == (vmin, vmax)
+
+
+def test_ordered_keys_order_as_the_floats_and_find_the_infinities() -> None:
+    """The ordered key of a float32 sorts as the float does (the one order the extremes and the
+    kernel's Inf/NaN test rely on): -Inf below every finite value, NaN beyond the infinities."""
+    finite = np.array([-3e38, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1.0, 3e38], dtype=np.float32)
+    b = finite.view(np.int32)
+    keys = b ^ ((b >> 31) & 0x7FFFFFFF)
+    assert np.all(np.diff(keys) > 0)
+    assert np.all(np.abs(keys) < kernels.INF_KEY) and np.all(keys > ~kernels.INF_KEY)
+    for bad in (np.inf, -np.inf, np.nan, -np.nan):
+        x = np.concatenate([finite, np.array([bad], dtype=np.float32)])
+        kmin, kmax = kernels.sums_extremes_keys(x, 0.0, 0, 0, np.zeros((0, 1), dtype=np.int64))[4:]
+        assert kmax >= kernels.INF_KEY or kmin <= ~kernels.INF_KEY, bad
+        assert kernels.power_sums_and_counts(np.tile(x, 1000), 17, 15) is None, bad

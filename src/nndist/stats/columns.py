@@ -79,6 +79,16 @@ if AVAILABLE:
         return p_lo, flat, offsets
 
     @numba.njit(cache=True, nogil=True)
+    def _nonzero(c, out):  # pragma: no cover - compiled
+        """Indices of the non-zero entries of ``c`` into ``out``; returns how many (a loop
+        without jumps: four in five positions of a step's sketches are empty, at random in the tails)."""
+        k = 0
+        for e in range(c.shape[0]):
+            out[k] = e
+            k += c[e] != 0
+        return k
+
+    @numba.njit(cache=True, nogil=True)
     def _columns(flat, offsets, p_lo, n, lo, hi, q, table, first, key0, shift, min_abs):  # pragma: no cover - compiled
         t = offsets.shape[0] - 1
         quant = np.full((t, q.shape[0]), np.nan)
@@ -90,17 +100,25 @@ if AVAILABLE:
         h_right = np.empty(flat.shape[0])
         h_count = np.empty(flat.shape[0], dtype=np.int64)
         h_start = np.zeros(t + 1, dtype=np.int64)
+        nz = np.empty(flat.shape[0], dtype=np.int64)
+        cnz = np.empty(flat.shape[0], dtype=np.int64)
         na = 0
         nh = 0
         for i in range(t):
             a, b = offsets[i], offsets[i + 1]
             m = b - a
             c = flat[a:b]
-            cum = np.cumsum(c)
+            # only the non-empty buckets matter: the cumulative count changes there only, and the
+            # KS points are the edges next to them (and the first and last edge)
+            k = _nonzero(c, nz)
+            total = 0
+            for j in range(k):
+                total += c[nz[j]]
+                cnz[j] = total
             if n[i] > 0 and m > 0:
                 for j in range(q.shape[0]):
-                    idx = np.searchsorted(cum, q[j] * (n[i] - 1.0), side="right")
-                    p = p_lo[i] + idx
+                    r = np.searchsorted(cnz[:k], q[j] * (n[i] - 1.0), side="right")
+                    p = p_lo[i] + (nz[r] if r < k else m)  # the first bucket whose cumulative count exceeds the rank
                     if p == 0:
                         rep = 0.0
                     else:
@@ -116,17 +134,34 @@ if AVAILABLE:
                         quant[i, j] = hi[i]
                     else:
                         quant[i, j] = min(max(rep, lo[i]), hi[i])
-                for e in range(m + 1):  # edge e lies between buckets e - 1 and e
-                    if e == 0 or e == m or c[e - 1] > 0 or c[e] > 0:
-                        at_edge[na] = table[p_lo[i] - 1 + e - first]
-                        at_cdf[na] = (cum[e - 1] if e else 0) / n[i]
+                # edge e lies between buckets e - 1 and e: the first and last edges, and both
+                # edges of every non-empty bucket, in order, each once
+                base = p_lo[i] - 1 - first
+                at_edge[na] = table[base]
+                at_cdf[na] = 0.0
+                na += 1
+                last = 0
+                below = 0  # count of the buckets below the current edge
+                for j in range(k):
+                    e = nz[j]
+                    if e > last:
+                        at_edge[na] = table[base + e]
+                        at_cdf[na] = below / n[i]
                         na += 1
+                    below = cnz[j]
+                    at_edge[na] = table[base + e + 1]
+                    at_cdf[na] = below / n[i]
+                    na += 1
+                    last = e + 1
+                if last < m:
+                    at_edge[na] = table[base + m]
+                    at_cdf[na] = below / n[i]
+                    na += 1
             at_start[i + 1] = na
             g_prev = np.int64(0)
             have = False
-            for e in range(m):
-                if c[e] == 0:
-                    continue
+            for j in range(k):
+                e = nz[j]
                 p = p_lo[i] + e
                 g = np.int64(0) if p == 0 else (((key0 + abs(p) - 1) >> shift) + 1) * (1 if p > 0 else -1)
                 if have and g == g_prev:
