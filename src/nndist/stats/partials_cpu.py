@@ -13,13 +13,14 @@ sub-blocks of its values (:func:`~nndist.stats.kernels.sums_extremes_keys`, one 
 the power sums about the tensor's reference in float64 (vectorised), the extremes (as ordered
 integer keys, vectorised), then the raw bucket key counts (in :data:`~nndist.stats.kernels.LANES`
 counter sets for large chunks, so that the zeros of a sparse gradient do not queue on one
-counter), into counters that each thread keeps and reuses. NaN and Inf are found from the counts themselves (their magnitude keys are the
-top ones) and only then does a masked loop redo the sums; values below ``min_abs`` in the
-bucket of ``min_abs`` (when ``min_abs`` is not an edge) are moved to the zero bucket by a loop
-that runs only when that bucket is hit; the counts of a one-chunk tensor are cut to their
-non-empty key ranges (:func:`_stores`) in the same thread. About 0.9-1.1 ns per value on one
+counter), into counters that each thread keeps and reuses. NaN and Inf are found from the
+counts themselves (their magnitude keys are the top ones) and only then does a masked loop redo
+the sums; values below ``min_abs`` in the bucket of ``min_abs`` (when ``min_abs`` is not an edge)
+are moved to the zero bucket by a loop that runs only when that bucket is hit; the counts of a
+one-chunk tensor are cut to their non-empty key ranges (:func:`_stores`) in the same thread. About 0.9-1.1 ns per value on one
 core here (weights and 89 %-zero gradients alike), against 5-7 ns for a single loop doing
-everything; the keys take about 0.55 of it, the sums 0.27 and the extremes 0.1 (a 2-core Xeon). The literal twin in the tests is :meth:`Summary.update` of the same values in float64.
+everything; the keys take about 0.55 of it, the sums 0.27 and the extremes 0.1 (a 2-core Xeon).
+The literal twin in the tests is :meth:`Summary.update` of the same values in float64.
 """
 
 from __future__ import annotations
@@ -85,12 +86,20 @@ if AVAILABLE:
         fields[8], fields[9] = vmin, vmax
 
     @numba.njit(cache=True, nogil=True)
-    def _plain(x, ref, fields):  # pragma: no cover - compiled
-        """Power sums and extremes of values taken to be finite (two vectorised loops)."""
-        s1, s2, s3, s4, vmin, vmax = kernels.power_sums_extremes(x, ref)
+    def _fields(x, ref, fields, shift, mask, lanes):  # pragma: no cover - compiled
+        """Power sums and extremes of values taken to be finite into ``fields``, and with
+        ``lanes`` of at least one row their key counts added there (one read: see
+        :func:`~nndist.stats.kernels.sums_extremes_keys`)."""
+        s1, s2, s3, s4, kmin, kmax = kernels.sums_extremes_keys(x, ref, shift, mask, lanes)
         fields[0], fields[1], fields[2] = x.shape[0], 0, 0
         fields[3], fields[4], fields[5], fields[6] = s1, s2, s3, s4
-        fields[7], fields[8], fields[9] = ref, vmin, vmax
+        fields[7] = ref
+        fields[8], fields[9] = kernels.unordered(kmin, kmax)
+
+    @numba.njit(cache=True, nogil=True)
+    def _plain(x, ref, fields):  # pragma: no cover - compiled
+        """:func:`_fields` without the key counts."""
+        _fields(x, ref, fields, 0, 0, np.zeros((0, 1), dtype=np.int64))
 
     @numba.njit(cache=True, nogil=True)
     def _pass(x, ref, t32, shift, mask, k0, half, top, fields, lanes):  # pragma: no cover - compiled
@@ -99,11 +108,7 @@ if AVAILABLE:
         bits = x.view(np.int32)
         lanes[:] = 0
         # sums, extremes and raw keys in one read; the zero bucket and NaN/Inf are sorted out below and on the host
-        s1, s2, s3, s4, kmin, kmax = kernels.sums_extremes_keys(x, ref, shift, mask, lanes)
-        fields[0], fields[1], fields[2] = x.shape[0], 0, 0
-        fields[3], fields[4], fields[5], fields[6] = s1, s2, s3, s4
-        fields[7] = ref
-        fields[8], fields[9] = kernels.unordered(kmin, kmax)
+        _fields(x, ref, fields, shift, mask, lanes)
         counts = lanes[0]
         for j in range(1, lanes.shape[0]):
             counts += lanes[j]
