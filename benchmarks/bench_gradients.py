@@ -7,7 +7,12 @@ not set, and the first line says which) in eval mode, a batch of 128 CIFAR-10 te
 (a) plain forward + ``loss.backward()`` (parameter gradients included);
 (f) the floor: forward + input-only backward, ``torch.autograd.grad(loss, inputs)``: the least
     any exact Emission/Absorption does (it must see ``G`` at every layer);
-(b) ``nndist.emission_absorption`` for every convolution and the linear layer;
+(f') the floor of a model whose eval-mode BatchNorms are folded into their convolutions by hand
+    (``torch.fx.experimental.optimization.fuse``, built once, outside the timing): the least work for
+    the same numbers when the fold is counted as free, which nndist's pass does too;
+(b) ``nndist.emission_absorption`` for every convolution and the linear layer (it folds each
+    eval-mode BatchNorm into the convolution before it: :mod:`nndist.probes.gradients.fold`);
+(u) the same without the fold (``fold.disabled()``);
 (c) the literal definition: the same plumbing, but each convolution's handler materialises every
     local gradient ``LG^{c1->c2}`` (one grouped transposed convolution per layer producing all
     ``C_out x C_in`` maps, cropped to the input) and takes their norms.
@@ -20,7 +25,8 @@ method that builds the model and batch, runs the method twice, and exits; the ta
 peak minus the RSS just before the first run (the memory the method itself adds).
 
 Usage: ``PYTHONPATH=src python benchmarks/bench_gradients.py [--batch 128] [--repeats 7]``.
-The last line is ``overhead_ratio=<b/a> floor_ratio=<b/f> literal_speedup=<c/b> memory_ratio=<peak b / peak a>``.
+The last line is ``overhead_ratio=<b/a> floor_ratio=<b/f> literal_speedup=<c/b> memory_ratio=<peak b / peak a>
+folded_floor_ratio=<b/f'> unfolded_ratio=<u/a>``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nndist.probes.gradients import HANDLERS, LayerGradients, conv2d_handler, emission_absorption
+from nndist.probes.gradients import HANDLERS, LayerGradients, conv2d_handler, emission_absorption, fold
 from nndist.probes.gradients.conv2d import _padding, grouped_result
 
 
@@ -98,8 +104,24 @@ def run_input_only(model: nn.Module, x: Tensor, y: Tensor) -> None:
     torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
 
 
+_FUSED: dict[int, nn.Module] = {}
+
+
+def run_input_only_folded(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    from torch.fx.experimental.optimization import fuse
+
+    if id(model) not in _FUSED:  # the hand-folded copy, built once (the first call is the warm-up)
+        _FUSED[id(model)] = fuse(model)
+    run_input_only(_FUSED[id(model)], x, y)
+
+
 def run_nndist(model: nn.Module, x: Tensor, y: Tensor) -> None:
     emission_absorption(model, x, y)
+
+
+def run_nndist_unfolded(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    with fold.disabled():
+        emission_absorption(model, x, y)
 
 
 def run_literal(model: nn.Module, x: Tensor, y: Tensor) -> None:
@@ -113,7 +135,9 @@ def run_literal(model: nn.Module, x: Tensor, y: Tensor) -> None:
 METHODS: dict[str, Callable[[nn.Module, Tensor, Tensor], None]] = {
     "plain": run_plain,
     "input_only": run_input_only,
+    "input_only_folded": run_input_only_folded,
     "nndist": run_nndist,
+    "nndist_unfolded": run_nndist_unfolded,
     "literal": run_literal,
 }
 
@@ -197,17 +221,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, cifar_resnet56 (eval), "
           f"{weights}, {inputs}")
     print(f"max relative difference nndist vs literal (float32): {check_agreement(model, x[:8], y[:8]):.2e}")
-    times = timeit(
-        {m: (lambda m=m: METHODS[m](model, x, y)) for m in ("plain", "input_only", "nndist")}, args.repeats
-    )
+    timed = ("plain", "input_only", "input_only_folded", "nndist", "nndist_unfolded")
+    times = timeit({m: (lambda m=m: METHODS[m](model, x, y)) for m in timed}, args.repeats)
     if not args.skip_literal:  # slow: fewer repeats
         times.update(timeit({"literal": lambda: run_literal(model, x, y)}, max(1, args.repeats // 2)))
-    print(f"{'method':<12}{'time [s]':>10}{'peak RSS [MiB]':>16}{'added [MiB]':>13}")
+    print(f"{'method':<18}{'time [s]':>10}{'peak RSS [MiB]':>16}{'added [MiB]':>13}")
     for method, t in times.items():
         mem = mems.get(method)
         peak = f"{mem['peak_kib'] / 1024:16.0f}" if mem else f"{'-':>16}"
         added = f"{(mem['peak_kib'] - mem['base_kib']) / 1024:13.0f}" if mem else f"{'-':>13}"
-        print(f"{method:<12}{t:10.3f}{peak}{added}")
+        print(f"{method:<18}{t:10.3f}{peak}{added}")
     literal = times.get("literal", float("nan"))
     if not args.skip_literal:  # the same three again in a process that has just done large work (the literal)
         again = timeit({m: (lambda m=m: METHODS[m](model, x, y)) for m in ("plain", "input_only", "nndist")}, args.repeats)
@@ -218,7 +241,9 @@ def main() -> None:
         f"overhead_ratio={times['nndist'] / times['plain']:.3f} "
         f"floor_ratio={times['nndist'] / times['input_only']:.3f} "
         f"literal_speedup={literal / times['nndist']:.2f} "
-        f"memory_ratio={mems['nndist']['peak_kib'] / mems['plain']['peak_kib']:.3f}"
+        f"memory_ratio={mems['nndist']['peak_kib'] / mems['plain']['peak_kib']:.3f} "
+        f"folded_floor_ratio={times['nndist'] / times['input_only_folded']:.3f} "
+        f"unfolded_ratio={times['nndist_unfolded'] / times['plain']:.3f}"
     )
 
 

@@ -5,7 +5,9 @@ How a batch is processed (``definition="paper"``):
 1. Every module of the model is switched to eval mode (BatchNorm then uses its running
    statistics and dropout is off, so samples do not interact and ``dL/dV`` of sample ``b`` is that
    sample's own gradient); each module's own ``training`` flag and every buffer are restored
-   afterwards.
+   afterwards. Where an eval-mode BatchNorm is the only consumer of a convolution's output, the
+   pass runs the model's traced graph with the two folded into one convolution, which has the
+   same emission and absorption and skips the BatchNorm's forward and backward (:mod:`.fold`).
 2. The floating inputs become fresh leaves that require grad (the user's tensors are untouched).
    Forward hooks on the studied layers record each call's input ``A`` and put a tensor hook on
    its output ``V``. An output that does not require grad (frozen layers, integer inputs) is
@@ -51,6 +53,7 @@ from .author_code import author_seed
 from .convnd import check_conv, conv_handler
 from .conv_transpose import conv_transpose_handler
 from .coverage import module_reason, parameter_reason, qualified_name
+from .fold import folded
 from .linear import LINEAR_TYPES, linear_handler
 from .types import DEFINITIONS, CompositeHandler, Compute, LayerGradients, check_definition
 
@@ -769,9 +772,13 @@ def emission_absorption(
             # layer without computing any parameter gradient. User tensors are not modified.
             if definition == "paper":
                 model.eval()
-                results = _measure(
-                    model, _leaves(args), lambda out: _per_sample_loss(loss, out, targets, B), chosen, definition, called  # type: ignore[arg-type]
-                )
+                # eval-mode BatchNorm folded into the convolution before it (same numbers, less work: .fold)
+                with folded(model, [sel.module for sel in chosen.values()]) as (runner, replaced):
+                    run = {n: _Selected(sel.name, replaced.get(id(sel.module), sel.module), sel.entry, sel.parts)
+                           for n, sel in chosen.items()}
+                    results = _measure(
+                        runner, _leaves(args), lambda out: _per_sample_loss(loss, out, targets, B), run, definition, called  # type: ignore[arg-type]
+                    )
             else:
                 model.train()
                 per_sample = []
