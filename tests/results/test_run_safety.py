@@ -55,15 +55,17 @@ def finished(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_overwrite_leaves_the_old_results_intact(finished: Path, sig: signal.Signals) -> None:
     before = _digest(finished)
-    # A slower run (small batches, all 1000 images): interrupted once it is measuring.
-    proc = subprocess.Popen(_gradients(finished, "--overwrite", "--batch-size", "4", "--no-report"), env=_env(),
+    # A slower run (one image per batch, all 1000 images: several seconds of measuring, so that a
+    # test process the machine's load holds back still signals before the run ends): interrupted
+    # once it is measuring.
+    proc = subprocess.Popen(_gradients(finished, "--overwrite", "--batch-size", "1", "--no-report"), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     staging = layout.staging_dir(finished)
     _wait_for(staging / layout.MANIFEST, proc)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, f"the run ended with 0 after {sig.name}; its stderr: {err[-2000:]}"
     assert _digest(finished) == before  # every old file, byte for byte
     # The next --overwrite run finishes, replaces them and cleans up after the interrupted one.
     done = subprocess.run(_gradients(finished, "--overwrite", "--samples", "32", "--no-report"), env=_env(),
