@@ -44,6 +44,21 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> Non
         time.sleep(0.05)
 
 
+def _user_sigint() -> None:
+    """In the child: SIGINT as a terminal delivers it. A test worker may hand its children SIGINT
+    blocked or ignored (both are inherited across exec), and Ctrl-C would then never arrive."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _signal_masks(pid: int) -> str:
+    try:
+        return ", ".join(line.strip() for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                         if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+    except OSError:
+        return "no /proc"
+
+
 @pytest.fixture
 def finished(tmp_path: Path) -> Path:
     run = tmp_path / "run"
@@ -59,13 +74,14 @@ def test_interrupted_overwrite_leaves_the_old_results_intact(finished: Path, sig
     # test process the machine's load holds back still signals before the run ends): interrupted
     # once it is measuring.
     proc = subprocess.Popen(_gradients(finished, "--overwrite", "--batch-size", "1", "--no-report"), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_user_sigint)
     staging = layout.staging_dir(finished)
     _wait_for(staging / layout.MANIFEST, proc)
     assert proc.poll() is None, "the run finished before it could be interrupted"
+    masks = _signal_masks(proc.pid)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0, f"the run ended with 0 after {sig.name}; its stderr: {err[-2000:]}"
+    assert proc.returncode != 0, f"the run ended with 0 after {sig.name} ({masks}); its stderr: {err[-2000:]}"
     assert _digest(finished) == before  # every old file, byte for byte
     # The next --overwrite run finishes, replaces them and cleans up after the interrupted one.
     done = subprocess.run(_gradients(finished, "--overwrite", "--samples", "32", "--no-report"), env=_env(),

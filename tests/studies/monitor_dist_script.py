@@ -5,8 +5,10 @@ tables must agree: ``python monitor_dist_script.py MODE OUT PER_CHANNEL``."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -15,6 +17,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import nndist  # noqa: E402
+from nndist.results import layout  # noqa: E402
 from monitor_cases import Plain, data  # noqa: E402
 
 
@@ -46,6 +49,8 @@ def main() -> None:
         opt.step()
         opt.zero_grad()
     mon.close(report=False)
+    # every rank returns from close() once rank 0 has finished the run directory
+    assert json.loads((Path(out) / layout.MANIFEST).read_text())["status"] == "finished", f"rank {rank}"
     if mode == "fsdp":
         assert all(p.to_local().shape[0] < p.shape[0] for p in model.parameters() if p.ndim), "not sharded"
     if mode != "single":

@@ -351,7 +351,9 @@ class Monitor:
 
     def close(self, *, report: bool = True) -> None:
         """Removes the hooks, compacts the tables into single files, marks the run finished and
-        writes its TensorBoard events, figures and report (rank 0). Safe to call twice.
+        writes its TensorBoard events, figures and report (rank 0). Under several processes every
+        rank returns once rank 0 has finished, so the run directory is complete on return and no
+        rank leaves the process group while rank 0 still writes. Safe to call twice.
 
         Args:
             report: also write TensorBoard events, figures and report.html.
@@ -360,14 +362,16 @@ class Monitor:
             return
         self._disarm()
         self._closed = True
-        if self._run is None:
-            return
-        self._run.close()
-        self._write_manifest("finished")
-        if report:
-            from ...report import finish_run_directory
+        try:
+            if self._run is not None:
+                self._run.close()
+                self._write_manifest("finished")
+                if report:
+                    from ...report import finish_run_directory
 
-            finish_run_directory(self._run.path, figures=True)
+                    finish_run_directory(self._run.path, figures=True)
+        finally:  # also when rank 0 fails: the others then return instead of waiting for it
+            ndist.barrier(self.info)
 
     def __enter__(self) -> Monitor:
         return self
