@@ -199,3 +199,16 @@ def test_a_hook_anywhere_keeps_the_model_as_it_is() -> None:
         handle.remove()
     with fold.folded(model, [model.inner.c1]) as (runner, _):
         assert runner is not model  # without the hook it folds
+
+
+def test_a_wrapper_is_not_traced(monkeypatch) -> None:  # noqa: ANN001
+    traced = []
+    real = torch.fx.symbolic_trace
+    monkeypatch.setattr(torch.fx, "symbolic_trace", lambda m, *a, **k: traced.append(m) or real(m, *a, **k))
+    inner = net()
+    model, (x, y) = nn.DataParallel(inner), batch()  # on the CPU it calls the module
+    res = emission_absorption(model, x, y)
+    assert not traced and fold._TRACES[model].graph_module is None  # its forward never ran symbolically
+    assert_same(res, unfolded(model, x, y))
+    emission_absorption(inner, x, y)
+    assert traced == [inner]  # the spy sees a plain model traced

@@ -26,6 +26,10 @@ is folded only where the rewrite is sure to compute the same function:
   and the pair has no parametrisations and holds plain tensors (no ``DTensor`` shards);
 - every studied layer is called as a module of the traced graph (so its hook fires there).
 
+Tracing runs the Python of every ``forward`` above the leaf modules once, with symbolic values; a
+model that holds a wrapper whose ``forward`` has effects of its own (``DistributedDataParallel``,
+``DataParallel``, ``torch.distributed`` and ``torch.compile`` wrappers) is not traced.
+
 Otherwise (a model that does not trace, a layer traced through, hooks) the model runs as it is.
 """
 
@@ -81,12 +85,21 @@ def _signature(model: nn.Module) -> tuple[object, ...]:
     return (id(type(model).forward), *((name, id(m), id(m.__dict__.get("forward"))) for name, m in model.named_modules()))
 
 
+def _wrapper(m: nn.Module) -> bool:
+    """A module whose ``forward`` does more than compute (gradient buckets, collectives, compilation)."""
+    return isinstance(m, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or type(m).__module__.startswith(
+        ("torch.distributed", "torch._dynamo")
+    )
+
+
 def _trace(model: nn.Module) -> _Trace:
     signature = _signature(model)
     cached = _TRACES.get(model)
     if cached is not None and cached.signature == signature:
         return cached
     try:
+        if any(_wrapper(m) for m in model.modules()):
+            raise TypeError("a wrapper is not traced")
         gm = torch.fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 - any model that does not trace runs as it is
         trace = _Trace(signature, None, (), frozenset())
