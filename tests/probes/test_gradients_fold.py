@@ -212,3 +212,14 @@ def test_a_wrapper_is_not_traced(monkeypatch) -> None:  # noqa: ANN001
     assert_same(res, unfolded(model, x, y))
     emission_absorption(inner, x, y)
     assert traced == [inner]  # the spy sees a plain model traced
+
+
+def test_the_folded_copy_shares_no_table_with_the_original() -> None:
+    model = net()
+    with fold.folded(model, [model.c1]) as (_, replaced):
+        copy_ = replaced[id(model.c1)]
+        handle = copy_.register_forward_hook(lambda m, a, o: None)
+        assert not model.c1._forward_hooks and copy_._forward_hooks  # a hook on the copy stays there
+        handle.remove()
+        assert copy_._parameters is not model.c1._parameters and model.c1.weight is not copy_.weight
+        assert copy_.stride == model.c1.stride and copy_.padding == model.c1.padding

@@ -152,9 +152,13 @@ def _global_hooks() -> bool:
 
 
 def _fold(conv: nn.Module, bn: nn.Module) -> nn.Module:
-    """A copy of ``conv`` computing ``bn(conv(x))`` (its weight and bias not copied, but replaced)."""
-    memo = {id(p): None for p in (conv.weight, conv.bias) if p is not None}
-    out = copy.deepcopy(conv, memo)
+    """A copy of ``conv`` computing ``bn(conv(x))``: its settings shared, its own tables of
+    parameters, buffers and hooks (a hook put on the copy must not land on ``conv``), the folded
+    weight and bias. (``copy.deepcopy`` took 10 ms per call for ResNet-56's 55 convolutions.)"""
+    out = copy.copy(conv)
+    for name, value in vars(conv).items():
+        if isinstance(value, (dict, set)):
+            object.__setattr__(out, name, type(value)(value))
     with torch.no_grad():
         w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
     out.weight, out.bias = w, b
