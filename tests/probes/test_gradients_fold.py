@@ -223,3 +223,12 @@ def test_the_folded_copy_shares_no_table_with_the_original() -> None:
         handle.remove()
         assert copy_._parameters is not model.c1._parameters and model.c1.weight is not copy_.weight
         assert copy_.stride == model.c1.stride and copy_.padding == model.c1.padding
+
+
+def test_half_precision_is_not_folded() -> None:
+    model = net().to(torch.bfloat16)
+    with fold.folded(model, [model.c1]) as (runner, replaced):
+        assert runner is model and not replaced
+    model.float()
+    with fold.folded(model, [model.c1]) as (runner, replaced):
+        assert runner is not model and id(model.c1) in replaced

@@ -23,7 +23,8 @@ is folded only where the rewrite is sure to compute the same function:
   and whose output nothing else uses;
 - no module of the model has hooks (the graph calls only its leaf modules, so a hook on a
   container, such as a sharding wrapper's, would not run), no global module hook is registered,
-  and the pair has no parametrisations and holds plain tensors (no ``DTensor`` shards);
+  and the pair has no parametrisations and holds plain float32/float64 tensors (no ``DTensor``
+  shards; half-precision weights are not rescaled in their own rounding);
 - every studied layer is called as a module of the traced graph (so its hook fires there).
 
 Tracing runs the Python of every ``forward`` above the leaf modules once, with symbolic values; a
@@ -139,6 +140,7 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
         and not parametrize.is_parametrized(conv)
         and not parametrize.is_parametrized(bn)
         and all(type(t.data) is torch.Tensor for t in tensors)
+        and conv.weight.dtype in (torch.float32, torch.float64)
     )
 
 
