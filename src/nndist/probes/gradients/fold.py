@@ -167,11 +167,6 @@ def _fold(conv: nn.Module, bn: nn.Module) -> nn.Module:
     return out
 
 
-def _set(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, leaf = target.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
 @contextlib.contextmanager
 def folded(model: nn.Module, studied: Sequence[nn.Module]) -> Iterator[tuple[nn.Module, dict[int, nn.Module]]]:
     """The module to run and the replacements of studied modules (by ``id``) for one measuring pass.
@@ -199,9 +194,9 @@ def folded(model: nn.Module, studied: Sequence[nn.Module]) -> Iterator[tuple[nn.
     try:
         for target, _, conv, bn in pairs:
             new = _fold(conv, bn)
-            _set(gm, target, new)
+            gm.set_submodule(target, new)
             replaced[id(conv)] = new
         yield gm, replaced
     finally:
         for target, _, conv, _ in pairs:
-            _set(gm, target, conv)
+            gm.set_submodule(target, conv)
