@@ -150,11 +150,10 @@ def _replace_head(model: nn.Module, classes: int, seed: int) -> str | None:
     if last is None:
         return None
     name, old = last
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         new = nn.Linear(old.in_features, classes, bias=old.bias is not None)
-    setattr(parent, name.rpartition(".")[2], new.to(old.weight.device, old.weight.dtype))
+    model.set_submodule(name, new.to(old.weight.device, old.weight.dtype))
     return name
 
 
