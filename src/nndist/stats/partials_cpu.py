@@ -240,11 +240,12 @@ _LOCAL = threading.local()
 
 
 def _scratch(nbins: int) -> np.ndarray:
-    """This thread's (LANES, nbins) int64 counters, made once and reused (a fresh 1 MB array per
-    chunk costs page faults that here took longer than the counting)."""
+    """This thread's (LANES, nbins) int64 counters (:func:`~nndist.stats.kernels.lane_counters`),
+    made once and reused (a fresh 1 MB array per chunk costs page faults that here took longer
+    than the counting)."""
     lanes = getattr(_LOCAL, "lanes", None)
     if lanes is None or lanes.shape[1] != nbins:
-        lanes = _LOCAL.lanes = np.zeros((kernels.LANES, nbins), dtype=np.int64)
+        lanes = _LOCAL.lanes = kernels.lane_counters(kernels.LANES, nbins)
     return lanes
 
 
