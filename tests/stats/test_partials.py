@@ -157,7 +157,8 @@ def test_cpu_kernel_equals_float64_summary(kind: str, monkeypatch) -> None:  # n
     monkeypatch.setattr(partials_cpu, "CHUNK", 4096)  # several chunks per tensor, on the pool
     monkeypatch.setattr(partials_cpu, "COMPACT", 1000)  # both counting kernels
     monkeypatch.setattr(kernels, "LANES_MIN", 3000)  # and both ways of counting over the whole key space
-    xs = [_values(kind, n, seed=n) for n in (1, 50, 999, 2003, 3 * 4096 + 7, 20_000)] + [torch.empty(0)]
+    # 1..2003 share a batch of one-chunk tensors, 3500 (four counter sets) starts the next
+    xs = [_values(kind, n, seed=n) for n in (1, 50, 999, 2003, 3500, 3 * 4096 + 7, 20_000)] + [torch.empty(0)]
     for x, s in zip(xs, partials_cpu.cpu_summaries(SPACE, xs, threads=2)):
         assert_same(s, twin(x))
 
