@@ -129,12 +129,16 @@ class _Chunks:
         self.rows = 0
 
     def add(self, rows: int, columns: Mapping[str, Any]) -> None:
-        """``columns``: an array (numpy or pyarrow) or list of ``rows`` values, or one value repeated."""
+        """``columns``: an array (numpy or pyarrow) or list of ``rows`` values, or one value repeated
+        (an int as int64: pyarrow reads an object array value by value, 1.2 ms for the step
+        column of a step's 22K histogram rows)."""
         import pyarrow as pa
 
         for c in self.names:
             v = columns[c]
-            self.chunks[c].append(v if isinstance(v, (list, np.ndarray, pa.Array)) else np.full(rows, v, dtype=object))
+            if not isinstance(v, (list, np.ndarray, pa.Array)):
+                v = np.full(rows, v, dtype=np.int64 if type(v) is int else object)
+            self.chunks[c].append(v)
         self.rows += rows
 
     def joined(self) -> dict[str, Any]:
