@@ -67,6 +67,7 @@ def _run(chromium: str, tmp_path: Path, *args: str) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_report_in_chromium(chromium, tmp_path):
     run = rf.make_reproduce_run(tmp_path / "run", seeds=(0, 1), diverged=("xavier_uniform",), epochs=3, n_values=200)
     write_claims(run)

@@ -92,6 +92,7 @@ def test_interrupted_overwrite_leaves_the_old_results_intact(finished: Path, sig
     assert not layout.lock_file(finished).exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_directory_gets_one_line(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = subprocess.Popen(_gradients(out, "--batch-size", "8", "--samples", "96", "--no-report"), env=_env(),

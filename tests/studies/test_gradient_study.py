@@ -129,6 +129,7 @@ def _torchrun(args: list[str], nproc: int, env: dict) -> subprocess.CompletedPro
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path, paper_ckpt):
     """2 gloo ranks give the same result as 1 process: counts exact, arrays identical, moments 1e-6."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))

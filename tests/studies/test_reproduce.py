@@ -76,6 +76,7 @@ def check_run_dir(run, inits, layers=("conv1", "conv2", "conv3", "fc1"), inputs=
     return manifest, weights, features
 
 
+@pytest.mark.slow
 def test_reproduce_shapes_end_to_end(tmp_path):
     inits = list(PAPER_INITS)
     run = run_reproduce(tiny(inits=tuple(inits)), tmp_path / "run", progress=False)
@@ -286,6 +287,7 @@ def test_cli_reproduce_in_process(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path):
     """Inits spread over 2 gloo ranks give the same run directory as 1 process."""
     import os
