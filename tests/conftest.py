@@ -21,14 +21,6 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with ``slow`` tests run first, each kept whole and in its order: the workers then
-    take the long tests at the start, alongside the short ones, instead of ending the run on
-    them (the heaviest modules sort last by name)."""
-    slow = {item.module for item in items if item.get_closest_marker("slow") and hasattr(item, "module")}
-    items.sort(key=lambda item: getattr(item, "module", None) not in slow)
-
-
 def _env_dir(var: str) -> Path | None:
     value = os.environ.get(var)
     if not value:
