@@ -8,10 +8,16 @@ torchvision ``resnet18(num_classes=10)`` at 32x32, batch 32, SGD, in one process
   parameters (62 parameter tensors and 41 layer outputs for resnet18);
 * the TensorBoard way: ``SummaryWriter.add_histogram`` of every parameter and gradient at every step.
 
-Each repeat runs every loop once, in turn (interleaved, so a slow moment of a shared machine hits
-all of them), over a window of ``--steps`` steps (a window of the ``every=20`` loop holds exactly
-one logging step); the per-step time of a loop is its mean over a window, and the medians over
-the repeats are reported. On CUDA the monitor's host syncs are counted with
+The loops take their steps in turn, one step each in a random order drawn anew for every
+round (interleaved step by step, so that a slow moment of a shared machine hits all of them
+alike; the order is random because a step that follows the TensorBoard loop's half second of
+single-threaded numpy runs slower, by about 25 ms of 210 on a 2-core VM, and a fixed order
+would always give that penalty to the same loop), and every step is timed. A repeat is 20
+rounds: the steps of each loop at positions 0..19 of its 20-step cycle, the ``every=20`` loop
+logging at position 0. A loop's per-step cost is the mean over the 20 positions of the median
+over the repeats at that position: the ``every=20`` loop's logging step counts once in 20, and
+a step that a neighbour on the machine slowed down counts no more than its median allows. On
+CUDA each step ends with a synchronisation, and the monitor's host syncs are counted with
 ``torch.cuda.set_sync_debug_mode("warn")`` around ``step()``.
 
 What the two dense targets ask of a machine: with a plain step of P ms, a monitor that adds M ms
@@ -21,7 +27,7 @@ plain step lies between the two, and such a machine exists only when T >= 10 M. 
 before the last prints M, T, their ratio and that window; ``tb_ceiling`` is ``tb / plain``, the
 ``tb_ratio`` of a monitor that cost nothing (below 4, no monitor meets that target on the machine).
 
-Usage: python benchmarks/bench_monitor.py [--repeats 3] [--steps 20] [--device cpu|cuda]
+Usage: python benchmarks/bench_monitor.py [--repeats 3] [--device cpu|cuda]
 Last line: sparse_overhead=<every=20 / plain> dense_overhead=<every=1 / plain> tb_ratio=<tb / every=1>
 tb_ceiling=<tb / plain> tb_overhead_ratio=<(tb - plain) / (every=1 - plain)>
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -103,16 +110,15 @@ class Loop:
         self.opt.zero_grad()
         self.step_no += 1
 
-    def window(self, steps: int) -> float:
-        """Mean seconds per step over ``steps`` steps."""
+    def timed_step(self) -> float:
+        """Seconds of one step (from a synchronised device to a synchronised device)."""
         if self.device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(steps):
-            self.step()
+        self.step()
         if self.device == "cuda":
             torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / steps
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -121,33 +127,38 @@ class Loop:
             self.writer.close()
 
 
+CYCLE = 20  # steps per cycle: the every=20 loop logs once in each
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=20, help="steps per window (every=20 logs once per window)")
-    ap.add_argument("--tb-steps", type=int, default=5, help="steps per window of the TensorBoard loop")
+    ap.add_argument("--repeats", type=int, default=3, help=f"cycles of {CYCLE} interleaved steps per loop")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="nndist-bench-monitor-") as tmp:
         loops = [Loop(name, args, kind, Path(tmp)) for name, kind in
                  (("plain", "plain"), ("every=20", "every=20"), ("every=1", "every=1"), ("tensorboard", "tb"))]
-        for loop in loops:  # warm-up: allocator, compiled kernels, first writes
-            loop.window(2)
-            loop.step_no = 0 if loop.monitor is None else loop.step_no
-        times: dict[str, list[float]] = {loop.name: [] for loop in loops}
-        for _ in range(args.repeats):
-            for loop in loops:
-                if loop.monitor is not None and loop.kind == "every=20":
-                    while (loop.monitor._next % 20) != 1:  # a window starts just after a logging step
-                        loop.step()
-                times[loop.name].append(loop.window(args.tb_steps if loop.kind == "tb" else args.steps))
+        for loop in loops:  # warm-up: allocator, compiled kernels, first writes (the every=20 loop logs at step 0)
+            for _ in range(2):
+                loop.step()
+        # times[name][position]: the seconds of that loop's steps at that position of the cycle
+        times: dict[str, list[list[float]]] = {loop.name: [[] for _ in range(CYCLE)] for loop in loops}
+        order = random.Random(0)
+        for _ in range(args.repeats * CYCLE):
+            for loop in order.sample(loops, len(loops)):
+                position = loop.step_no % CYCLE
+                times[loop.name][position].append(loop.timed_step())
         for loop in loops:
             loop.close()
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = {name: statistics.mean(statistics.median(t) for t in by_position) for name, by_position in times.items()}
     print(f"machine: {machine(args.device)}")
-    print(f"{'loop':<14}{'ms/step (median)':>18}{'repeats (ms)':>40}")
-    for name, t in times.items():
-        print(f"{name:<14}{1e3 * med[name]:>18.1f}{'  '.join(f'{1e3 * v:.1f}' for v in t):>40}")
+    print(f"{'loop':<14}{'ms/step':>10}{'per repeat (mean of its cycle, ms)':>44}")
+    for name, by_position in times.items():
+        cycles = [statistics.mean(t[r] for t in by_position) for r in range(args.repeats)]
+        print(f"{name:<14}{1e3 * med[name]:>10.1f}{'  '.join(f'{1e3 * v:.1f}' for v in cycles):>44}")
+    logging = statistics.median(times["every=20"][0])
+    print(f"every=20: its logging step {1e3 * logging:.1f} ms (median), its other steps "
+          f"{1e3 * statistics.mean(statistics.median(t) for t in times['every=20'][1:]):.1f} ms (mean of the medians)")
     if args.device == "cuda":
         for loop in loops:
             if loop.syncs:
